@@ -1,0 +1,6 @@
+"""Detector construction: :func:`build_detector` and the FPN backbones."""
+
+from bmgkd_core.models.backbones import build_fpn_backbone, freeze_batchnorm
+from bmgkd_core.models.detectors import build_detector, split_arch
+
+__all__ = ["build_detector", "build_fpn_backbone", "freeze_batchnorm", "split_arch"]

@@ -1,0 +1,110 @@
+"""``build_detector``: an explicit table from architecture name to torchvision construction.
+
+Label convention for every family: dataset classes are labels ``1..K`` and 0 is background, so the
+``num_classes`` passed to the torchvision constructors is ``K + 1`` (as torchvision's own COCO models
+do with 91). RetinaNet and GFL then carry one logit that is never positive; it costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from torch import nn
+from torchvision.models.detection import FasterRCNN, RetinaNet
+
+from bmgkd_core.config import ARCHITECTURES
+from bmgkd_core.errors import ConfigError
+from bmgkd_core.models.backbones import build_fpn_backbone
+
+__all__ = ["build_detector", "split_arch"]
+
+_DETECTIONS_PER_IMAGE = 100  # COCO's maxDets; also what torchvision's Faster R-CNN keeps
+
+
+def split_arch(arch: str) -> tuple[str, str]:
+    """Split ``"retinanet_resnet18_fpn"`` into ``("retinanet", "resnet18")``.
+
+    Raises:
+        ConfigError: ``arch`` is not a supported architecture.
+    """
+    if arch not in ARCHITECTURES:
+        raise ConfigError(
+            f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}"
+        )
+    family, _, rest = arch.partition("_")
+    return family, rest.removesuffix("_fpn")
+
+
+def build_detector(
+    arch: str,
+    num_classes: int,
+    *,
+    image_size: int = 512,
+    backbone_weights: str | Path | None = None,
+) -> nn.Module:
+    """Build a detector with random weights (or a local ImageNet backbone).
+
+    Args:
+        arch: ``<family>_<backbone>_fpn`` with family ``fasterrcnn``, ``retinanet`` or ``gfl``.
+        num_classes: Number of model classes **including background** (dataset classes + 1).
+        image_size: Longer image side used by the model's own transform (min and max size both
+            set to it, so torchvision's 800/1333 default never applies).
+        backbone_weights: Optional local path of an ImageNet state dict for the backbone.
+
+    Returns:
+        A torchvision-contract detector: ``model(images, targets)`` returns a loss dict in train
+        mode and a list of ``{"boxes", "labels", "scores"}`` (xyxy, input-image pixels) in eval
+        mode.
+
+    Raises:
+        ConfigError: unknown architecture or ``num_classes < 2``.
+    """
+    family, backbone_name = split_arch(arch)
+    if num_classes < 2:
+        raise ConfigError(f"num_classes counts background and must be >= 2, got {num_classes}")
+    builder = _FAMILIES[family]
+    return builder(backbone_name, num_classes, image_size, backbone_weights)
+
+
+def _build_fasterrcnn(
+    backbone: str, num_classes: int, size: int, weights: str | Path | None
+) -> nn.Module:
+    return FasterRCNN(
+        build_fpn_backbone(backbone, "p2p6", weights_path=weights),
+        num_classes=num_classes,
+        min_size=size,
+        max_size=size,
+        box_detections_per_img=_DETECTIONS_PER_IMAGE,
+    )
+
+
+def _build_retinanet(
+    backbone: str, num_classes: int, size: int, weights: str | Path | None
+) -> nn.Module:
+    return RetinaNet(
+        build_fpn_backbone(backbone, "p3p7", weights_path=weights),
+        num_classes=num_classes,
+        min_size=size,
+        max_size=size,
+        detections_per_img=_DETECTIONS_PER_IMAGE,
+    )
+
+
+def _build_gfl(backbone: str, num_classes: int, size: int, weights: str | Path | None) -> nn.Module:
+    from bmgkd_core.models.gfl import GFL
+
+    return GFL(
+        build_fpn_backbone(backbone, "p3p7", weights_path=weights),
+        num_classes=num_classes,
+        min_size=size,
+        max_size=size,
+        detections_per_img=_DETECTIONS_PER_IMAGE,
+    )
+
+
+_FAMILIES: dict[str, Callable[[str, int, int, str | Path | None], nn.Module]] = {
+    "fasterrcnn": _build_fasterrcnn,
+    "retinanet": _build_retinanet,
+    "gfl": _build_gfl,
+}

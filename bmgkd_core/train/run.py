@@ -1,0 +1,137 @@
+"""Everything one run needs, built once from the config: data, model, optimizer, AMP, state."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from bmgkd_core.config import DistillConfig
+from bmgkd_core.data import DetectionDataset, EpochSampler, build_loader, build_transforms
+from bmgkd_core.data import load_dataset
+from bmgkd_core.errors import ConfigError
+from bmgkd_core.eval import CocoEvaluator, evaluate_detector
+from bmgkd_core.models import build_detector, freeze_batchnorm
+from bmgkd_core.train.callbacks import TrainState
+from bmgkd_core.train.optim import build_optimizer, build_scheduler
+
+__all__ = ["RunParts", "amp_dtype_for", "build_run_parts", "evaluate_parts"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunParts:
+    """The built pieces of a run. ``model`` is what the loop calls (the detector, or later a
+    distiller around it); ``student`` is what gets saved."""
+
+    cfg: DistillConfig
+    device: torch.device
+    workdir: Path
+    model: nn.Module
+    student: nn.Module
+    train_loader: DataLoader[Any]
+    sampler: EpochSampler
+    val_loader: DataLoader[Any]
+    val_dataset: DetectionDataset
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    state: TrainState
+    num_classes: int
+    class_names: tuple[str, ...]
+    trainable: list[nn.Parameter] = field(default_factory=list)
+    logf: IO[str] | None = None
+
+    def set_train_mode(self) -> None:
+        """``train()`` the model, keeping frozen (ImageNet-initialised) BatchNorm in eval."""
+        self.model.train()
+        if self.cfg.model.backbone_weights is not None:
+            freeze_batchnorm(self.student.backbone.body)
+
+
+def amp_dtype_for(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bf16 on CUDA devices that support it, fp16 on older ones, none on CPU or when disabled."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def build_run_parts(cfg: DistillConfig, device: torch.device, workdir: Path) -> RunParts:
+    """Build data, model, optimizer, schedule and AMP state for ``cfg``.
+
+    Raises:
+        DataError: the dataset cannot be read.
+        ConfigError: the data gives no full batch.
+    """
+    d = cfg.data
+    train_set = load_dataset(
+        d.root,
+        d.train_split,
+        format=d.format,
+        transforms=build_transforms(
+            train=True, image_size=d.image_size, multi_scale=d.multi_scale, hflip_prob=d.hflip_prob
+        ),
+    )
+    val_set = load_dataset(
+        d.root, d.val_split, format=d.format, transforms=build_transforms(train=False,
+                                                                          image_size=d.image_size)
+    )
+    cuda = device.type == "cuda"
+    bs, workers, seed = cfg.train.batch_size, d.num_workers, cfg.train.seed
+    train_loader, sampler = build_loader(
+        train_set, batch_size=bs, train=True, num_workers=workers, seed=seed, device_is_cuda=cuda
+    )
+    val_loader, _ = build_loader(
+        val_set, batch_size=bs, train=False, num_workers=workers, seed=seed, device_is_cuda=cuda
+    )
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"train.batch_size={bs} is larger than the {len(train_set)} training images"
+        )
+    class_names = tuple(train_set.label_map.names)
+    num_classes = len(class_names) + 1
+    model = build_detector(
+        cfg.model.arch, num_classes, image_size=d.image_size,
+        backbone_weights=cfg.model.backbone_weights,
+    ).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(trainable, cfg.optim)
+    total = steps_per_epoch * cfg.train.epochs
+    if cfg.train.max_steps is not None:
+        total = min(total, cfg.train.max_steps)
+    amp_dtype = amp_dtype_for(device, cfg.train.amp)
+    state = TrainState(
+        total_steps=total, steps_per_epoch=steps_per_epoch, epochs=cfg.train.epochs,
+        batch_size=bs, workdir=str(workdir),
+    )
+    return RunParts(
+        cfg=cfg, device=device, workdir=workdir, model=model, student=model,
+        train_loader=train_loader, sampler=sampler, val_loader=val_loader, val_dataset=val_set,
+        optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.optim, total),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+        amp_dtype=amp_dtype, state=state, num_classes=num_classes, class_names=class_names,
+        trainable=trainable,
+    )
+
+
+def evaluate_parts(parts: RunParts) -> dict[str, Any]:
+    """COCO-evaluate the student on the val split; writes ``predictions_val.json``."""
+    ds = parts.val_dataset
+    evaluator = CocoEvaluator(
+        ds.to_coco_gt(),
+        label_to_category_id=dict(enumerate(ds.label_map.category_ids, start=1)),
+        class_names=ds.label_map.names,
+    )
+    bbox = evaluate_detector(
+        parts.student, parts.val_loader, evaluator, device=parts.device, amp_dtype=parts.amp_dtype
+    )
+    evaluator.write_predictions(parts.workdir / "predictions_val.json")
+    return {"bbox": bbox}
