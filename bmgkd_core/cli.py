@@ -19,8 +19,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from bmgkd_core.config import ARCHITECTURES, DistillConfig
-from bmgkd_core.errors import BmgkdError, Cancelled, CheckpointError, ConfigError, DataError
-from bmgkd_core.errors import DivergenceError
+from bmgkd_core.errors import (
+    BmgkdError,
+    Cancelled,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DivergenceError,
+)
 from bmgkd_core.train.callbacks import Callback, TrainState
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -28,10 +34,23 @@ _RUN_FILES = ("model.pt", "resume.pt", "log.jsonl", "metrics.json")
 
 # Defaults of `bmgkd train`, applied after parsing so `--resume` can tell what the user set.
 _TRAIN_DEFAULTS: dict[str, Any] = {
-    "epochs": 12, "image_size": 512, "batch_size": 4, "lr": None, "device": "auto", "seed": 0,
-    "max_steps": None, "optimizer": "sgd", "workers": 2, "eval_every": 1, "amp": True,
-    "backbone_weights": None, "format": "auto", "warmup_steps": 500, "scheduler": "step",
-    "weight_decay": None, "multi_scale": None,
+    "epochs": 12,
+    "image_size": 512,
+    "batch_size": 4,
+    "lr": None,
+    "device": "auto",
+    "seed": 0,
+    "max_steps": None,
+    "optimizer": "sgd",
+    "workers": 2,
+    "eval_every": 1,
+    "amp": True,
+    "backbone_weights": None,
+    "format": "auto",
+    "warmup_steps": 500,
+    "scheduler": "step",
+    "weight_decay": None,
+    "multi_scale": None,
 }
 
 
@@ -59,9 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _describe(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
     return str(exc)
 
 
@@ -94,8 +111,13 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", choices=["sgd", "adamw"])
     t.add_argument("--scheduler", choices=["step", "cosine", "constant"])
     t.add_argument("--format", choices=["auto", "coco", "voc"])
-    t.add_argument("--no-amp", dest="amp", action="store_const", const=False,
-                   help="disable mixed precision on CUDA")
+    t.add_argument(
+        "--no-amp",
+        dest="amp",
+        action="store_const",
+        const=False,
+        help="disable mixed precision on CUDA",
+    )
     t.add_argument("--no-validate", action="store_true", help="skip the dataset validator")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(handler=_cmd_train)
@@ -141,14 +163,22 @@ def _train_config(args: argparse.Namespace) -> DistillConfig:
 
 def _apply_options(raw: dict[str, Any], opts: Mapping[str, Any]) -> None:
     where = {
-        "image_size": ("data", "image_size"), "workers": ("data", "num_workers"),
-        "format": ("data", "format"), "multi_scale": ("data", "multi_scale"),
-        "backbone_weights": ("model", "backbone_weights"), "optimizer": ("optim", "optimizer"),
-        "lr": ("optim", "lr"), "warmup_steps": ("optim", "warmup_steps"),
-        "scheduler": ("optim", "scheduler"), "weight_decay": ("optim", "weight_decay"),
-        "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"),
-        "device": ("train", "device"), "seed": ("train", "seed"),
-        "max_steps": ("train", "max_steps"), "eval_every": ("train", "eval_every_epochs"),
+        "image_size": ("data", "image_size"),
+        "workers": ("data", "num_workers"),
+        "format": ("data", "format"),
+        "multi_scale": ("data", "multi_scale"),
+        "backbone_weights": ("model", "backbone_weights"),
+        "optimizer": ("optim", "optimizer"),
+        "lr": ("optim", "lr"),
+        "warmup_steps": ("optim", "warmup_steps"),
+        "scheduler": ("optim", "scheduler"),
+        "weight_decay": ("optim", "weight_decay"),
+        "epochs": ("train", "epochs"),
+        "batch_size": ("train", "batch_size"),
+        "device": ("train", "device"),
+        "seed": ("train", "seed"),
+        "max_steps": ("train", "max_steps"),
+        "eval_every": ("train", "eval_every_epochs"),
         "amp": ("train", "amp"),
     }
     optimizer = opts.get("optimizer", raw.get("optim", {}).get("optimizer", "sgd"))
@@ -202,8 +232,11 @@ def _resume_config(args: argparse.Namespace, path: Path) -> DistillConfig:
         raw_saved, raw_asked = saved.model_dump(), asked.model_dump()
         given = {k for k in _TRAIN_DEFAULTS if getattr(args, k) is not None}
         diffs = [
-            f"{s}.{f}" for s, sec in raw_asked.items() if isinstance(sec, dict)
-            for f, v in sec.items() if v != raw_saved[s][f] and _option_of(s, f) in given
+            f"{s}.{f}"
+            for s, sec in raw_asked.items()
+            if isinstance(sec, dict)
+            for f, v in sec.items()
+            if v != raw_saved[s][f] and _option_of(s, f) in given
         ]
         if diffs:
             raise ConfigError(
@@ -227,8 +260,11 @@ def _validate_or_raise(root: str, data_format: str) -> None:
     if report.errors:
         raise DataError(f"{root}: the dataset has errors:\n{report.format_text()}")
     if report.warnings:
-        print(f"bmgkd: {len(report.warnings)} dataset warning(s) (bmgkd validate --data "
-              f"{root} lists them)", file=sys.stderr)
+        print(
+            f"bmgkd: {len(report.warnings)} dataset warning(s) (bmgkd validate --data "
+            f"{root} lists them)",
+            file=sys.stderr,
+        )
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -237,9 +273,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     preds = out.with_name(out.stem + "_predictions.json") if out else None
     metrics = evaluate(
-        args.checkpoint, data=args.data, split=args.split, data_format=args.format,
-        image_size=args.image_size, device=args.device, batch_size=args.batch_size,
-        num_workers=args.workers, predictions_path=preds,
+        args.checkpoint,
+        data=args.data,
+        split=args.split,
+        data_format=args.format,
+        image_size=args.image_size,
+        device=args.device,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        predictions_path=preds,
     )
     print(_format_metrics(metrics["bbox"]))
     if out is not None:
@@ -300,8 +342,13 @@ class ConsoleCallback(Callback):
             return
         from tqdm import tqdm
 
-        self._bar = tqdm(total=state.total_steps, initial=state.step, unit="step",
-                         dynamic_ncols=True, file=sys.stderr)
+        self._bar = tqdm(
+            total=state.total_steps,
+            initial=state.step,
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
 
     def on_step_end(self, state: TrainState) -> None:  # noqa: D102
         if self._bar is None:

@@ -119,6 +119,7 @@ class TrainConfig(_Strict):
     amp: bool = True
     seed: int = 0
     eval_every_epochs: int = Field(default=1, ge=0)
+    final_eval: bool = True
     checkpoint_every_steps: int | None = Field(default=None, ge=1)
     log_every_steps: int = Field(default=1, ge=1)
 

@@ -76,18 +76,21 @@ def build_fpn_backbone(
         return_layers = {layer_of_stride[s]: str(i) for i, s in enumerate(strides)}
         in_channels = [_resnet_out_channels(net, layer_of_stride[s]) for s in strides]
         body: nn.Module = net
-        frozen_prefixes = ("conv1", "bn1", "layer1")
+        frozen_prefixes: tuple[str, ...] = ("conv1", "bn1", "layer1")
     elif name == "mobilenet_v3_large":
         net = mobilenet_v3_large(weights=None)
         _maybe_load_backbone_weights(net, weights_path)
-        body = net.features
-        index_of_stride = _mobilenet_stage_indices(body)
+        features: nn.Sequential = net.features
+        index_of_stride = _mobilenet_stage_indices(features)
         return_layers = {str(index_of_stride[s]): str(i) for i, s in enumerate(strides)}
-        in_channels = [_last_out_channels(body[index_of_stride[s]]) for s in strides]
+        in_channels = [_last_out_channels(features[index_of_stride[s]]) for s in strides]
+        body = features
         frozen_prefixes = ("0.", "1.")
     else:
-        raise ConfigError(f"unknown backbone {name!r}; choose one of: resnet18, resnet34, "
-                          "resnet50, resnet101, mobilenet_v3_large")
+        raise ConfigError(
+            f"unknown backbone {name!r}; choose one of: resnet18, resnet34, "
+            "resnet50, resnet101, mobilenet_v3_large"
+        )
     if weights_path is not None:
         for pname, param in body.named_parameters():
             if pname.startswith(frozen_prefixes):

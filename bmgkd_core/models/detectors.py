@@ -1,8 +1,8 @@
 """``build_detector``: an explicit table from architecture name to torchvision construction.
 
-Label convention for every family: dataset classes are labels ``1..K`` and 0 is background, so the
-``num_classes`` passed to the torchvision constructors is ``K + 1`` (as torchvision's own COCO models
-do with 91). RetinaNet and GFL then carry one logit that is never positive; it costs nothing.
+Label convention for every family: dataset classes are labels ``1..K`` and 0 is background, so
+the ``num_classes`` passed to the torchvision constructors is ``K + 1`` (as torchvision's own COCO
+models do with 91). RetinaNet and GFL then carry one logit that is never positive; it costs nothing.
 """
 
 from __future__ import annotations
@@ -64,31 +64,34 @@ def build_detector(
     if num_classes < 2:
         raise ConfigError(f"num_classes counts background and must be >= 2, got {num_classes}")
     builder = _FAMILIES[family]
-    return builder(backbone_name, num_classes, image_size, backbone_weights)
+    model: nn.Module = builder(backbone_name, num_classes, image_size, backbone_weights)
+    return model
 
 
 def _build_fasterrcnn(
     backbone: str, num_classes: int, size: int, weights: str | Path | None
 ) -> nn.Module:
-    return FasterRCNN(
+    model: nn.Module = FasterRCNN(
         build_fpn_backbone(backbone, "p2p6", weights_path=weights),
         num_classes=num_classes,
         min_size=size,
         max_size=size,
         box_detections_per_img=_DETECTIONS_PER_IMAGE,
     )
+    return model
 
 
 def _build_retinanet(
     backbone: str, num_classes: int, size: int, weights: str | Path | None
 ) -> nn.Module:
-    return RetinaNet(
+    model: nn.Module = RetinaNet(
         build_fpn_backbone(backbone, "p3p7", weights_path=weights),
         num_classes=num_classes,
         min_size=size,
         max_size=size,
         detections_per_img=_DETECTIONS_PER_IMAGE,
     )
+    return model
 
 
 def _build_gfl(backbone: str, num_classes: int, size: int, weights: str | Path | None) -> nn.Module:

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -123,7 +123,9 @@ def load_model_file(path: str | Path) -> ModelFile:
     )
 
 
-def load_detector(path: str | Path, *, image_size: int | None = None) -> tuple[nn.Module, ModelFile]:
+def load_detector(
+    path: str | Path, *, image_size: int | None = None
+) -> tuple[nn.Module, ModelFile]:
     """Build the detector named in ``model.pt`` and load its weights strictly.
 
     Args:
@@ -180,7 +182,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 def capture_rng_state() -> dict[str, Any]:
     """RNG states of Python, NumPy and torch (CPU and every CUDA device), as tensors/primitives."""
-    np_state = np.random.get_state()
+    np_state = cast(tuple[Any, ...], np.random.get_state(legacy=True))
     state: dict[str, Any] = {
         "python": _python_state_to_primitives(random.getstate()),
         "numpy": {

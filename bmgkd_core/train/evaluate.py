@@ -40,7 +40,9 @@ def evaluate(
     dev = resolve_device(device)
     model, meta = load_detector(checkpoint, image_size=image_size)
     dataset = load_dataset(
-        data, split, format=data_format,  # type: ignore[arg-type]
+        data,
+        split,
+        format=data_format,  # type: ignore[arg-type]
         transforms=build_transforms(train=False, image_size=image_size or meta.image_size),
     )
     names = tuple(dataset.label_map.names)
@@ -50,7 +52,11 @@ def evaluate(
             f"{list(meta.class_names)[:10]}"
         )
     loader, _ = build_loader(
-        dataset, batch_size=batch_size, train=False, num_workers=num_workers, seed=0,
+        dataset,
+        batch_size=batch_size,
+        train=False,
+        num_workers=num_workers,
+        seed=0,
         device_is_cuda=dev.type == "cuda",
     )
     evaluator = CocoEvaluator(

@@ -79,15 +79,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train_step(parts: RunParts, images: list[torch.Tensor], targets: list[dict[str, Any]]) -> (
-    dict[str, float]
-):
+def train_step(
+    parts: RunParts, images: list[torch.Tensor], targets: list[dict[str, Any]]
+) -> dict[str, float]:
     """One optimizer step; returns the loss terms (prefixed ``task.*``) as floats.
 
     Raises:
         DivergenceError: a loss term is NaN or infinite (nothing is stepped then).
     """
-    with torch.autocast(parts.device.type, dtype=parts.amp_dtype, enabled=parts.amp_dtype is not None):
+    with torch.autocast(
+        parts.device.type, dtype=parts.amp_dtype, enabled=parts.amp_dtype is not None
+    ):
         loss_dict = parts.model(images, targets)
     names = [k if "." in k else f"task.{k}" for k in loss_dict]
     terms = list(loss_dict.values())
@@ -102,7 +104,7 @@ def train_step(parts: RunParts, images: list[torch.Tensor], targets: list[dict[s
             step=parts.state.step + 1,
         )
     parts.optimizer.zero_grad(set_to_none=True)
-    parts.scaler.scale(total).backward()
+    parts.scaler.scale(total).backward()  # type: ignore[no-untyped-call]
     clip = parts.cfg.optim.grad_clip_norm
     if clip is not None:
         parts.scaler.unscale_(parts.optimizer)
@@ -177,12 +179,14 @@ def _run_epochs(parts: RunParts, callbacks: Sequence[Callback]) -> dict[str, Any
         finished = state.step >= state.total_steps
         every = cfg.train.eval_every_epochs
         metrics = None
-        if finished or (every and (epoch + 1) % every == 0):
+        if (finished and cfg.train.final_eval) or (every and (epoch + 1) % every == 0):
             metrics = _evaluate(parts)
         _save_resume(parts)
         for cb in callbacks:
             cb.on_epoch_end(state, metrics)
-    return metrics if metrics is not None else _evaluate(parts)
+    if metrics is None and cfg.train.final_eval:
+        metrics = _evaluate(parts)
+    return metrics or {}
 
 
 def _train_epoch(parts: RunParts, callbacks: Sequence[Callback]) -> None:
@@ -201,8 +205,17 @@ def _train_epoch(parts: RunParts, callbacks: Sequence[Callback]) -> None:
         _update_speed(state, len(images) / max(toc - tic, 1e-9))
         tic = toc
         if state.step % cfg.train.log_every_steps == 0 or state.step == state.total_steps:
-            _log(parts, {"type": "step", "epoch": state.epoch, "step": state.step, "lr": lr,
-                         "losses": losses, "images_per_s": round(state.images_per_s, 3)})
+            _log(
+                parts,
+                {
+                    "type": "step",
+                    "epoch": state.epoch,
+                    "step": state.step,
+                    "lr": lr,
+                    "losses": losses,
+                    "images_per_s": round(state.images_per_s, 3),
+                },
+            )
         for cb in callbacks:
             cb.on_step_end(state)
         if any(cb.should_stop() for cb in callbacks):
@@ -241,7 +254,8 @@ def _finish(parts: RunParts, metrics: dict[str, Any]) -> RunResult:
         class_names=parts.class_names,
         image_size=cfg.data.image_size,
     )
-    _write_json(workdir / METRICS_FILE, metrics)
+    if metrics:
+        _write_json(workdir / METRICS_FILE, metrics)
     return RunResult(
         workdir=workdir,
         steps=parts.state.step,
@@ -317,4 +331,3 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def _to(value: Any, device: torch.device) -> Any:
     return value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
-

@@ -12,8 +12,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from bmgkd_core.config import DistillConfig
-from bmgkd_core.data import DetectionDataset, EpochSampler, build_loader, build_transforms
-from bmgkd_core.data import load_dataset
+from bmgkd_core.data import (
+    DetectionDataset,
+    EpochSampler,
+    build_loader,
+    build_transforms,
+    load_dataset,
+)
 from bmgkd_core.errors import ConfigError
 from bmgkd_core.eval import CocoEvaluator, evaluate_detector
 from bmgkd_core.models import build_detector, freeze_batchnorm
@@ -27,8 +32,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunParts:
-    """The built pieces of a run. ``model`` is what the loop calls (the detector, or later a
-    distiller around it); ``student`` is what gets saved."""
+    """The built pieces of a run.
+
+    ``model`` is what the loop calls (the detector, or a distiller around it); ``student`` is
+    what gets saved.
+    """
 
     cfg: DistillConfig
     device: torch.device
@@ -53,7 +61,8 @@ class RunParts:
         """``train()`` the model, keeping frozen (ImageNet-initialised) BatchNorm in eval."""
         self.model.train()
         if self.cfg.model.backbone_weights is not None:
-            freeze_batchnorm(self.student.backbone.body)
+            backbone = self.student.get_submodule("backbone.body")
+            freeze_batchnorm(backbone)
 
 
 def amp_dtype_for(device: torch.device, enabled: bool) -> torch.dtype | None:
@@ -80,8 +89,10 @@ def build_run_parts(cfg: DistillConfig, device: torch.device, workdir: Path) -> 
         ),
     )
     val_set = load_dataset(
-        d.root, d.val_split, format=d.format, transforms=build_transforms(train=False,
-                                                                          image_size=d.image_size)
+        d.root,
+        d.val_split,
+        format=d.format,
+        transforms=build_transforms(train=False, image_size=d.image_size),
     )
     cuda = device.type == "cuda"
     bs, workers, seed = cfg.train.batch_size, d.num_workers, cfg.train.seed
@@ -99,7 +110,9 @@ def build_run_parts(cfg: DistillConfig, device: torch.device, workdir: Path) -> 
     class_names = tuple(train_set.label_map.names)
     num_classes = len(class_names) + 1
     model = build_detector(
-        cfg.model.arch, num_classes, image_size=d.image_size,
+        cfg.model.arch,
+        num_classes,
+        image_size=d.image_size,
         backbone_weights=cfg.model.backbone_weights,
     ).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -109,15 +122,29 @@ def build_run_parts(cfg: DistillConfig, device: torch.device, workdir: Path) -> 
         total = min(total, cfg.train.max_steps)
     amp_dtype = amp_dtype_for(device, cfg.train.amp)
     state = TrainState(
-        total_steps=total, steps_per_epoch=steps_per_epoch, epochs=cfg.train.epochs,
-        batch_size=bs, workdir=str(workdir),
+        total_steps=total,
+        steps_per_epoch=steps_per_epoch,
+        epochs=cfg.train.epochs,
+        batch_size=bs,
+        workdir=str(workdir),
     )
     return RunParts(
-        cfg=cfg, device=device, workdir=workdir, model=model, student=model,
-        train_loader=train_loader, sampler=sampler, val_loader=val_loader, val_dataset=val_set,
-        optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.optim, total),
+        cfg=cfg,
+        device=device,
+        workdir=workdir,
+        model=model,
+        student=model,
+        train_loader=train_loader,
+        sampler=sampler,
+        val_loader=val_loader,
+        val_dataset=val_set,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg.optim, total),
         scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
-        amp_dtype=amp_dtype, state=state, num_classes=num_classes, class_names=class_names,
+        amp_dtype=amp_dtype,
+        state=state,
+        num_classes=num_classes,
+        class_names=class_names,
         trainable=trainable,
     )
 

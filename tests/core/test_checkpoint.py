@@ -28,8 +28,9 @@ from bmgkd_core.train.checkpoint import (
 def _save(tmp_path: Path, arch: str, num_classes: int = 3) -> tuple[Path, nn.Module]:
     model = build_detector(arch, num_classes, image_size=64)
     path = tmp_path / "model.pt"
-    save_model(path, model, arch=arch, num_classes=num_classes, class_names=["a", "b"],
-               image_size=64)
+    save_model(
+        path, model, arch=arch, num_classes=num_classes, class_names=["a", "b"], image_size=64
+    )
     return path, model
 
 
@@ -49,8 +50,12 @@ def test_model_file_resnet50_loads_into_torchvision_builder(tmp_path: Path) -> N
 def test_model_file_resnet18_retinanet_loads_into_plain_torchvision(tmp_path: Path) -> None:
     path, model = _save(tmp_path, "retinanet_resnet18_fpn")
     backbone = resnet_fpn_backbone(
-        backbone_name="resnet18", weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5,
-        returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256),
+        backbone_name="resnet18",
+        weights=None,
+        norm_layer=nn.BatchNorm2d,
+        trainable_layers=5,
+        returned_layers=[2, 3, 4],
+        extra_blocks=LastLevelP6P7(256, 256),
     )
     _plain_load(RetinaNet(backbone, num_classes=3), path, model)
 
@@ -67,8 +72,14 @@ def test_model_file_mobilenet_fasterrcnn_loads_into_plain_torchvision(tmp_path: 
 def test_model_file_has_metadata_and_no_optimizer_state(tmp_path: Path) -> None:
     path, _ = _save(tmp_path, "fasterrcnn_resnet18_fpn")
     raw = torch.load(path, weights_only=True)
-    assert set(raw) == {"state_dict", "arch", "num_classes", "class_names", "image_size",
-                        "bmgkd_version"}
+    assert set(raw) == {
+        "state_dict",
+        "arch",
+        "num_classes",
+        "class_names",
+        "image_size",
+        "bmgkd_version",
+    }
     mf = load_model_file(path)
     assert (mf.arch, mf.num_classes, mf.class_names) == ("fasterrcnn_resnet18_fpn", 3, ("a", "b"))
     model, _ = load_detector(path)
@@ -78,7 +89,7 @@ def test_model_file_has_metadata_and_no_optimizer_state(tmp_path: Path) -> None:
 def test_load_model_file_garbage_raises_checkpoint_error(tmp_path: Path) -> None:
     bad = tmp_path / "model.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="model.pt"):
+    with pytest.raises(CheckpointError, match=r"model\.pt"):
         load_model_file(bad)
     with pytest.raises(CheckpointError, match="no such"):
         load_model_file(tmp_path / "missing.pt")
@@ -89,15 +100,17 @@ def test_load_detector_wrong_shapes_names_keys(tmp_path: Path) -> None:
     raw = torch.load(path, weights_only=True)
     raw["num_classes"] = 5
     torch.save(raw, path)
-    with pytest.raises(CheckpointError, match="shape mismatches.*cls_logits"):
+    with pytest.raises(CheckpointError, match=r"shape mismatches.*cls_logits"):
         load_detector(path)
 
 
 def test_resume_payload_round_trips_weights_only(tmp_path: Path) -> None:
     rng = capture_rng_state()
     expected = torch.rand(3)
-    save_resume(tmp_path / "resume.pt", {"model": {"w": torch.ones(2)}, "step": 7, "rng": rng,
-                                         "config": "{}"})
+    save_resume(
+        tmp_path / "resume.pt",
+        {"model": {"w": torch.ones(2)}, "step": 7, "rng": rng, "config": "{}"},
+    )
     assert not list(tmp_path.glob("*.tmp"))
     loaded = load_resume(tmp_path / "resume.pt")
     assert loaded["step"] == 7
