@@ -1,4 +1,6 @@
-"""``bmgkd`` command line: ``train``, ``eval`` and ``validate``, thin adapters over the library.
+"""``bmgkd`` command line: ``train``, ``distill``, ``preflight``, ``eval`` and ``validate``.
+
+Thin adapters over the library.
 
 Exit codes: 0 success, 1 training diverged or failed, 2 bad input (the message names the problem;
 no traceback), 130 interrupted (a resume checkpoint is written first when training).
@@ -18,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bmgkd_core.config import ARCHITECTURES, DistillConfig
+from bmgkd_core.config import ARCHITECTURES, PRESETS, DistillConfig
 from bmgkd_core.errors import (
     BmgkdError,
     Cancelled,
@@ -89,6 +91,54 @@ def _build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a detector and evaluate it on the val split")
     t.add_argument("--data", required=True, help="dataset root (COCO JSON or Pascal VOC layout)")
     t.add_argument("--model", help=f"architecture: {', '.join(ARCHITECTURES)}")
+    _add_run_options(t)
+    t.set_defaults(handler=_cmd_train)
+
+    k = sub.add_parser("distill", help="distill a teacher into a student (BMGKD) and evaluate")
+    k.add_argument("--data", required=True, help="dataset root (COCO JSON or Pascal VOC layout)")
+    k.add_argument(
+        "--student", dest="model", help=f"student architecture: {', '.join(ARCHITECTURES)}"
+    )
+    _add_teacher_options(k)
+    _add_run_options(k)
+    k.set_defaults(handler=_cmd_distill)
+
+    f = sub.add_parser("preflight", help="check a distillation set-up and time one step")
+    f.add_argument("--data", required=True, help="dataset root (COCO JSON or Pascal VOC layout)")
+    f.add_argument("--student", dest="model", required=True, help="student architecture")
+    _add_teacher_options(f)
+    f.add_argument("--image-size", type=int, default=512, help="longer image side (512)")
+    f.add_argument("--batch-size", type=int, default=4, help="images per step (4)")
+    f.add_argument("--epochs", type=int, default=12, help="epochs of the planned run (12)")
+    f.add_argument("--max-steps", type=int, help="cap of the planned run")
+    f.add_argument("--workers", type=int, default=2, help="data-loader worker processes (2)")
+    f.add_argument("--format", default="auto", choices=["auto", "coco", "voc"])
+    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    f.add_argument("--json", action="store_true", help="print the report as JSON")
+    f.set_defaults(handler=_cmd_preflight)
+
+    e = sub.add_parser("eval", help="COCO-evaluate a model.pt on a dataset split")
+    e.add_argument("--data", required=True)
+    e.add_argument("--checkpoint", required=True, help="a model.pt written by bmgkd train")
+    e.add_argument("--split", default="val")
+    e.add_argument("--format", default="auto", choices=["auto", "coco", "voc"])
+    e.add_argument("--image-size", type=int, help="override the checkpoint's image size")
+    e.add_argument("--batch-size", type=int, default=4)
+    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--out", help="write the metrics JSON here (predictions go beside it)")
+    e.set_defaults(handler=_cmd_eval)
+
+    v = sub.add_parser("validate", help="check a dataset; exit 2 when it has errors")
+    v.add_argument("--data", required=True)
+    v.add_argument("--format", default="auto", choices=["auto", "coco", "voc"])
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.set_defaults(handler=_cmd_validate)
+    return parser
+
+
+def _add_run_options(t: argparse.ArgumentParser) -> None:
+    """The options shared by ``train`` and ``distill``."""
     t.add_argument("--out", required=True, help="run folder (model.pt, log.jsonl, metrics.json)")
     t.add_argument("--config", help="a JSON run config (as written to RUN_DIR/config.json)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
@@ -120,26 +170,14 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--no-validate", action="store_true", help="skip the dataset validator")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.set_defaults(handler=_cmd_train)
 
-    e = sub.add_parser("eval", help="COCO-evaluate a model.pt on a dataset split")
-    e.add_argument("--data", required=True)
-    e.add_argument("--checkpoint", required=True, help="a model.pt written by bmgkd train")
-    e.add_argument("--split", default="val")
-    e.add_argument("--format", default="auto", choices=["auto", "coco", "voc"])
-    e.add_argument("--image-size", type=int, help="override the checkpoint's image size")
-    e.add_argument("--batch-size", type=int, default=4)
-    e.add_argument("--workers", type=int, default=2)
-    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    e.add_argument("--out", help="write the metrics JSON here (predictions go beside it)")
-    e.set_defaults(handler=_cmd_eval)
 
-    v = sub.add_parser("validate", help="check a dataset; exit 2 when it has errors")
-    v.add_argument("--data", required=True)
-    v.add_argument("--format", default="auto", choices=["auto", "coco", "voc"])
-    v.add_argument("--json", action="store_true", help="print the report as JSON")
-    v.set_defaults(handler=_cmd_validate)
-    return parser
+def _add_teacher_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", help="teacher model.pt (bmgkd train) or a plain state dict")
+    p.add_argument(
+        "--teacher-arch", help="teacher architecture (needed for a plain torchvision state dict)"
+    )
+    p.add_argument("--preset", choices=PRESETS, help="distillation terms (bmgkd)")
 
 
 def _train_config(args: argparse.Namespace) -> DistillConfig:
@@ -220,6 +258,101 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = fit(cfg, workdir=out, callbacks=[callback], resume=args.resume)
     print(_format_metrics(result.metrics["bbox"]))
     print(f"model: {result.model_path}")
+    return EXIT_OK
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from bmgkd_core.distill.teacher import check_teacher
+    from bmgkd_core.train.loop import CONFIG_FILE, fit
+
+    out = Path(args.out)
+    if args.resume:
+        cfg = _resume_config(args, out / CONFIG_FILE)
+        _check_resumed_teacher(args, cfg)
+    else:
+        existing = [f for f in _RUN_FILES if (out / f).exists()]
+        if existing:
+            raise ConfigError(
+                f"--out {out} already holds a run ({', '.join(existing)}); "
+                "pass --resume to continue it or choose a new folder"
+            )
+        if not (args.model or args.config):
+            raise ConfigError("--student is required (or give --config)")
+        cfg = _with_distill(args, _train_config(args))
+    if not args.no_validate:
+        _validate_or_raise(cfg.data.root, cfg.data.format)
+    print(check_teacher(cfg).format_text())
+    callback = ConsoleCallback(quiet=args.quiet)
+    with callback.catch_interrupt():
+        result = fit(cfg, workdir=out, callbacks=[callback], resume=args.resume)
+    print(_format_metrics(result.metrics["bbox"]))
+    teacher = result.metrics.get("teacher")
+    if teacher:
+        print("teacher " + _format_metrics(teacher["bbox"]))
+    print(f"model: {result.model_path}")
+    return EXIT_OK
+
+
+def _with_distill(args: argparse.Namespace, cfg: DistillConfig) -> DistillConfig:
+    """``cfg`` with its distill section from --teacher/--teacher-arch/--preset (options win)."""
+    raw = cfg.model_dump()
+    kd = dict(raw.get("distill") or {})
+    for option, key in (
+        ("teacher", "teacher"),
+        ("teacher_arch", "teacher_arch"),
+        ("preset", "preset"),
+    ):
+        if getattr(args, option) is not None:
+            kd[key] = getattr(args, option)
+    if "teacher" not in kd:
+        raise ConfigError("--teacher is required (or a --config with distill.teacher)")
+    raw["distill"] = kd
+    return DistillConfig.model_validate(raw)
+
+
+def _check_resumed_teacher(args: argparse.Namespace, cfg: DistillConfig) -> None:
+    if cfg.distill is None:
+        raise ConfigError(f"--resume: {args.out} is not a distillation run (no distill section)")
+    saved = cfg.distill.model_dump()
+    diffs = [
+        f"distill.{key}"
+        for key in ("teacher", "teacher_arch", "preset")
+        if getattr(args, key) is not None and getattr(args, key) != saved[key]
+    ]
+    if diffs:
+        raise ConfigError(
+            f"--resume keeps the run's config; these options differ from it: {', '.join(diffs)}"
+        )
+
+
+def _cmd_preflight(args: argparse.Namespace) -> int:
+    from bmgkd_core.distill.preflight import run_preflight
+
+    if args.teacher is None:
+        raise ConfigError("--teacher is required")
+    kd: dict[str, Any] = {"teacher": args.teacher, "teacher_arch": args.teacher_arch}
+    if args.preset is not None:
+        kd["preset"] = args.preset
+    cfg = DistillConfig.model_validate(
+        {
+            "data": {
+                "root": args.data,
+                "format": args.format,
+                "image_size": args.image_size,
+                "num_workers": args.workers,
+            },
+            "model": {"arch": args.model},
+            "train": {
+                "epochs": args.epochs,
+                "max_steps": args.max_steps,
+                "batch_size": args.batch_size,
+                "device": args.device,
+            },
+            "distill": kd,
+        }
+    )
+    report = run_preflight(cfg)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_text())
     return EXIT_OK
 
 

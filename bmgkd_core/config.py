@@ -14,8 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 __all__ = [
     "ARCHITECTURES",
     "BACKBONES",
+    "PRESETS",
     "DataConfig",
     "DistillConfig",
+    "KDConfig",
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",
@@ -124,10 +126,80 @@ class TrainConfig(_Strict):
     log_every_steps: int = Field(default=1, ge=1)
 
 
-class DistillConfig(_Strict):
-    """The whole run: data, model (the student), optimizer and loop.
+Preset = Literal["bmgkd", "fdd", "rdd", "none", "logit_kd", "pkd"]
+PRESETS: tuple[str, ...] = ("bmgkd", "fdd", "rdd", "none", "logit_kd", "pkd")
+KD_TERMS: tuple[str, ...] = ("cka", "local", "cls", "reg", "ld", "co", "logit_kd", "pkd")
+# Which distillation terms each preset switches on (spec §6; `ld` applies to GFL only).
+PRESET_TERMS: dict[str, tuple[str, ...]] = {
+    "bmgkd": ("cka", "local", "cls", "reg", "ld", "co"),
+    "fdd": ("cka", "local"),
+    "rdd": ("cls", "reg", "ld", "co"),
+    "none": (),
+    "logit_kd": ("logit_kd",),
+    "pkd": ("pkd",),
+}
 
-    Plain training is the same run with no teacher. JSON round-trips exactly.
+
+class KDConfig(_Strict):
+    """Knowledge distillation from a frozen teacher (spec: shared/docs/bmgkd-method.md).
+
+    ``preset`` picks the terms (see ``PRESET_TERMS``); ``terms`` overrides that set explicitly for
+    ablations. Weights and hyper-parameters default to the spec's §6 values. The teacher is a
+    ``model.pt`` from ``bmgkd train`` or a plain torchvision state dict with ``teacher_arch``.
+    """
+
+    teacher: str
+    teacher_arch: str | None = None
+    preset: Preset = "bmgkd"
+    terms: tuple[str, ...] | None = None
+    levels: int = Field(default=4, ge=1, le=5)
+    # A1: patch CKA (§2)
+    cka_intra_weight: float = Field(default=10.0, ge=0.0)
+    cka_inter_weight: float = Field(default=10.0, ge=0.0)
+    cka_patch_size: int = Field(default=16, ge=2)
+    cka_center: bool = True
+    # A2: cosine-mask local alignment (§3)
+    local_weight: float = Field(default=6.0, ge=0.0)
+    local_tau: float = Field(default=0.1, gt=0.0)
+    # B1: dynamic classification mask (§4.1)
+    cls_weight: float = Field(default=1.0, ge=0.0)
+    cls_beta: float = Field(default=1.0, ge=0.0)
+    # B2: high-quality box selection + box KD (+ LD on GFL) (§4.2)
+    reg_weight: float = Field(default=2.0, ge=0.0)
+    hq_alpha: float = Field(default=0.8, ge=0.0, le=1.0)
+    hq_topk: int = Field(default=30, ge=1)
+    hq_teacher_better: bool = True
+    ld_weight: float = Field(default=0.25, ge=0.0)
+    ld_temperature: float = Field(default=10.0, gt=0.0)
+    # B3: classification-regression co-optimization (§4.3)
+    co_cls_weight: float = Field(default=1.0, ge=0.0)
+    co_reg_weight: float = Field(default=2.0, ge=0.0)
+    # Baselines
+    logit_kd_weight: float = Field(default=1.0, ge=0.0)
+    logit_kd_temperature: float = Field(default=1.0, gt=0.0)
+    pkd_weight: float = Field(default=6.0, ge=0.0)
+    teacher_bf16: bool = True
+
+    @model_validator(mode="after")
+    def _check_terms(self) -> KDConfig:
+        unknown = [t for t in self.terms or () if t not in KD_TERMS]
+        if unknown:
+            raise ValueError(
+                f"distill.terms: unknown terms {unknown}; choose from {', '.join(KD_TERMS)}"
+            )
+        if self.teacher_arch is not None and self.teacher_arch not in ARCHITECTURES:
+            raise ValueError(f"distill.teacher_arch: unknown architecture {self.teacher_arch!r}")
+        return self
+
+    def enabled_terms(self) -> tuple[str, ...]:
+        """The terms this config switches on."""
+        return self.terms if self.terms is not None else PRESET_TERMS[self.preset]
+
+
+class DistillConfig(_Strict):
+    """The whole run: data, model (the student), optimizer, loop and, optionally, a teacher.
+
+    Plain training is the same run with ``distill=None``. JSON round-trips exactly.
     """
 
     version: Literal[1] = 1
@@ -135,3 +207,4 @@ class DistillConfig(_Strict):
     model: ModelConfig
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+    distill: KDConfig | None = None

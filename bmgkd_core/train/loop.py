@@ -32,7 +32,7 @@ from bmgkd_core.train.checkpoint import (
     save_model,
     save_resume,
 )
-from bmgkd_core.train.run import RunParts, build_run_parts, evaluate_parts
+from bmgkd_core.train.run import RunParts, build_run_parts, evaluate_parts, evaluate_teacher
 
 __all__ = ["RunResult", "fit", "resolve_device", "seed_everything", "train_step"]
 
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
 METRICS_FILE = "metrics.json"
+TEACHER_METRICS_FILE = "teacher_metrics.json"
 PREDICTIONS_FILE = "predictions_val.json"
 # Fields that may change between a run and its resume without changing its results.
 _RESUME_FREE_FIELDS = {
@@ -128,6 +129,12 @@ def fit(
     ``resume.pt`` (each epoch, every ``checkpoint_every_steps`` and on cancel), ``model.pt``,
     ``metrics.json`` (``{"bbox": {...}}``) and ``predictions_val.json``.
 
+    When distilling (``cfg.distill`` with at least one term), ``log.jsonl`` starts with a
+    ``{"type": "distill_setup"}`` record (terms, levels, adapters, teacher key report), the
+    teacher is evaluated once on val (cached in ``teacher_metrics.json``, so a resume does not
+    redo it), step records carry ``"diag"`` (spec §6 diagnostics), ``resume.pt`` holds the
+    adapters and ``metrics.json`` is ``{"bbox": student, "teacher": {"bbox": teacher}}``.
+
     Args:
         cfg: The run configuration.
         workdir: The run folder (created if missing).
@@ -155,6 +162,7 @@ def fit(
     try:
         with (workdir / LOG_FILE).open("a", encoding="utf-8") as logf:
             parts.logf = logf
+            _start_distillation(parts)
             for cb in callbacks:
                 cb.on_train_start(parts.state)
             metrics = _run_epochs(parts, callbacks)
@@ -205,17 +213,17 @@ def _train_epoch(parts: RunParts, callbacks: Sequence[Callback]) -> None:
         _update_speed(state, len(images) / max(toc - tic, 1e-9))
         tic = toc
         if state.step % cfg.train.log_every_steps == 0 or state.step == state.total_steps:
-            _log(
-                parts,
-                {
-                    "type": "step",
-                    "epoch": state.epoch,
-                    "step": state.step,
-                    "lr": lr,
-                    "losses": losses,
-                    "images_per_s": round(state.images_per_s, 3),
-                },
-            )
+            record = {
+                "type": "step",
+                "epoch": state.epoch,
+                "step": state.step,
+                "lr": lr,
+                "losses": losses,
+                "images_per_s": round(state.images_per_s, 3),
+            }
+            if parts.distiller is not None:
+                record["diag"] = parts.distiller.last_diagnostics()
+            _log(parts, record)
         for cb in callbacks:
             cb.on_step_end(state)
         if any(cb.should_stop() for cb in callbacks):
@@ -244,8 +252,30 @@ def _evaluate(parts: RunParts) -> dict[str, Any]:
     return metrics
 
 
+def _start_distillation(parts: RunParts) -> None:
+    """Log the distiller's set-up and evaluate the teacher once (cached in the run folder)."""
+    if parts.distiller is None:
+        return
+    report = parts.teacher_report.to_dict() if parts.teacher_report is not None else None
+    setup = {"type": "distill_setup", "step": parts.state.step, **parts.distiller.describe()}
+    _log(parts, {**setup, "teacher": report})
+    cache = parts.workdir / TEACHER_METRICS_FILE
+    if cache.is_file():
+        parts.teacher_metrics = json.loads(cache.read_text(encoding="utf-8"))
+        return
+    rng = capture_rng_state()  # evaluation must not shift the training run's random stream
+    try:
+        parts.teacher_metrics = evaluate_teacher(parts)
+    finally:
+        restore_rng_state(rng)
+    _write_json(cache, parts.teacher_metrics)
+    _log(parts, {"type": "teacher_eval", "step": parts.state.step, **parts.teacher_metrics})
+
+
 def _finish(parts: RunParts, metrics: dict[str, Any]) -> RunResult:
     workdir, cfg = parts.workdir, parts.cfg
+    if metrics and parts.teacher_metrics:
+        metrics = {**metrics, "teacher": parts.teacher_metrics}
     save_model(
         workdir / MODEL_FILE,
         parts.student,
@@ -266,9 +296,11 @@ def _finish(parts: RunParts, metrics: dict[str, Any]) -> RunResult:
 
 
 def _save_resume(parts: RunParts) -> None:
+    extra = {} if parts.distiller is None else {"adapters": parts.distiller.adapters.state_dict()}
     save_resume(
         parts.workdir / RESUME_FILE,
         {
+            **extra,
             "model": parts.student.state_dict(),
             "optimizer": parts.optimizer.state_dict(),
             "scheduler": parts.scheduler.state_dict(),
@@ -285,6 +317,8 @@ def _load_resume_into(parts: RunParts, path: Path) -> None:
     ckpt = load_resume(path)
     _check_same_config(parts.cfg, DistillConfig.model_validate_json(ckpt["config"]), path)
     parts.student.load_state_dict(ckpt["model"])
+    if parts.distiller is not None and "adapters" in ckpt:
+        parts.distiller.adapters.load_state_dict(ckpt["adapters"])
     parts.optimizer.load_state_dict(ckpt["optimizer"])
     parts.scheduler.load_state_dict(ckpt["scheduler"])
     parts.scaler.load_state_dict(ckpt["scaler"])
@@ -297,6 +331,12 @@ def _load_resume_into(parts: RunParts, path: Path) -> None:
 def _check_same_config(cfg: DistillConfig, saved: DistillConfig, path: Path) -> None:
     new, old = cfg.model_dump(), saved.model_dump()
     diffs = [
+        f"{section}: {old[section]!r} -> {new[section]!r}"
+        for section in new
+        if isinstance(new[section], dict) != isinstance(old[section], dict)
+    ]
+    new = {k: v for k, v in new.items() if isinstance(v, dict) and isinstance(old[k], dict)}
+    diffs += [
         f"{section}.{key}: {old[section][key]!r} -> {new[section][key]!r}"
         for section in new
         if isinstance(new[section], dict)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -19,13 +20,22 @@ from bmgkd_core.data import (
     build_transforms,
     load_dataset,
 )
+from bmgkd_core.distill.distiller import Distiller
+from bmgkd_core.distill.teacher import TeacherReport, load_teacher
 from bmgkd_core.errors import ConfigError
 from bmgkd_core.eval import CocoEvaluator, evaluate_detector
-from bmgkd_core.models import build_detector, freeze_batchnorm
+from bmgkd_core.models import build_detector, freeze_batchnorm, split_arch
 from bmgkd_core.train.callbacks import TrainState
 from bmgkd_core.train.optim import build_optimizer, build_scheduler
 
-__all__ = ["RunParts", "amp_dtype_for", "build_run_parts", "evaluate_parts"]
+__all__ = [
+    "RunParts",
+    "amp_dtype_for",
+    "build_distiller",
+    "build_run_parts",
+    "evaluate_parts",
+    "evaluate_teacher",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +45,9 @@ class RunParts:
     """The built pieces of a run.
 
     ``model`` is what the loop calls (the detector, or a distiller around it); ``student`` is
-    what gets saved.
+    what gets saved. With ``cfg.distill`` set, ``teacher_report`` describes the strict teacher
+    load, and ``distiller`` is the :class:`Distiller` (``None`` for preset ``none``, whose
+    baseline trains the bare student; the teacher was loaded and checked, then dropped).
     """
 
     cfg: DistillConfig
@@ -56,6 +68,9 @@ class RunParts:
     class_names: tuple[str, ...]
     trainable: list[nn.Parameter] = field(default_factory=list)
     logf: IO[str] | None = None
+    distiller: Distiller | None = None
+    teacher_report: TeacherReport | None = None
+    teacher_metrics: dict[str, Any] | None = None
 
     def set_train_mode(self) -> None:
         """``train()`` the model, keeping frozen (ImageNet-initialised) BatchNorm in eval."""
@@ -75,9 +90,14 @@ def amp_dtype_for(device: torch.device, enabled: bool) -> torch.dtype | None:
 def build_run_parts(cfg: DistillConfig, device: torch.device, workdir: Path) -> RunParts:
     """Build data, model, optimizer, schedule and AMP state for ``cfg``.
 
+    With ``cfg.distill`` set, the teacher is loaded strictly and checked against the classes
+    (see :func:`build_distiller`); ``parts.model`` is then the distiller and ``parts.trainable``
+    holds the student's and the adapters' parameters.
+
     Raises:
-        DataError: the dataset cannot be read.
-        ConfigError: the data gives no full batch.
+        DataError: the dataset cannot be read, or the teacher's class names differ.
+        ConfigError: the data gives no full batch, or the teacher does not fit the run.
+        CheckpointError: the teacher file is unreadable or its keys do not match.
     """
     d = cfg.data
     train_set = load_dataset(
@@ -115,7 +135,11 @@ def build_run_parts(cfg: DistillConfig, device: torch.device, workdir: Path) -> 
         image_size=d.image_size,
         backbone_weights=cfg.model.backbone_weights,
     ).to(device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    distiller, teacher_report = build_distiller(cfg, model, class_names, device)
+    if distiller is not None:
+        trainable = distiller.trainable_parameters()
+    else:
+        trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, cfg.optim)
     total = steps_per_epoch * cfg.train.epochs
     if cfg.train.max_steps is not None:
@@ -132,7 +156,7 @@ def build_run_parts(cfg: DistillConfig, device: torch.device, workdir: Path) -> 
         cfg=cfg,
         device=device,
         workdir=workdir,
-        model=model,
+        model=model if distiller is None else distiller,
         student=model,
         train_loader=train_loader,
         sampler=sampler,
@@ -146,7 +170,59 @@ def build_run_parts(cfg: DistillConfig, device: torch.device, workdir: Path) -> 
         num_classes=num_classes,
         class_names=class_names,
         trainable=trainable,
+        distiller=distiller,
+        teacher_report=teacher_report,
     )
+
+
+def build_distiller(
+    cfg: DistillConfig, student: nn.Module, class_names: Sequence[str], device: torch.device
+) -> tuple[Distiller | None, TeacherReport | None]:
+    """Load and check the teacher of ``cfg.distill`` and wrap ``student`` in a :class:`Distiller`.
+
+    Loading the teacher does not touch the global RNG, so with preset ``none`` the run equals
+    plain training with the same seed.
+
+    Returns:
+        ``(None, None)`` without ``cfg.distill``; ``(None, report)`` when no term is enabled
+        (preset ``none``: the teacher is validated, then dropped); else the distiller on
+        ``device`` and the teacher's key report.
+    """
+    kd = cfg.distill
+    if kd is None:
+        return None, None
+    teacher, report = load_teacher(
+        kd, student_arch=cfg.model.arch, class_names=class_names, image_size=cfg.data.image_size
+    )
+    if not kd.enabled_terms():
+        return None, report
+    family, _ = split_arch(cfg.model.arch)
+    distiller = Distiller(student.to(device), teacher.to(device), family=family, kd=kd)
+    return distiller.to(device), report
+
+
+def evaluate_teacher(parts: RunParts) -> dict[str, Any]:
+    """COCO-evaluate the distiller's teacher on the val split (no predictions file).
+
+    Returns:
+        ``{"bbox": {...}}``, or ``{}`` when the run has no distiller.
+    """
+    if parts.distiller is None:
+        return {}
+    ds = parts.val_dataset
+    evaluator = CocoEvaluator(
+        ds.to_coco_gt(),
+        label_to_category_id=dict(enumerate(ds.label_map.category_ids, start=1)),
+        class_names=ds.label_map.names,
+    )
+    bbox = evaluate_detector(
+        parts.distiller.teacher,
+        parts.val_loader,
+        evaluator,
+        device=parts.device,
+        amp_dtype=parts.amp_dtype,
+    )
+    return {"bbox": bbox}
 
 
 def evaluate_parts(parts: RunParts) -> dict[str, Any]:

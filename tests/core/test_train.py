@@ -17,8 +17,13 @@ from bmgkd_core.train.loop import fit
 
 
 def _cfg(root: Path, arch: str = "retinanet_resnet18_fpn", **train: Any) -> DistillConfig:
-    settings: dict[str, Any] = {"epochs": 2, "batch_size": 2, "device": "cpu", "seed": 3,
-                                "eval_every_epochs": 0}
+    settings: dict[str, Any] = {
+        "epochs": 2,
+        "batch_size": 2,
+        "device": "cpu",
+        "seed": 3,
+        "eval_every_epochs": 0,
+    }
     settings.update(train)
     return DistillConfig(
         data=DataConfig(root=str(root), image_size=96, num_workers=0),
@@ -50,8 +55,10 @@ class Recorder(Callback):
         self.error = error
 
     def should_stop(self) -> bool:
-        return self.stop_after is not None and self.last is not None and (
-            self.last.step >= self.stop_after
+        return (
+            self.stop_after is not None
+            and self.last is not None
+            and (self.last.step >= self.stop_after)
         )
 
 
@@ -64,8 +71,14 @@ def test_fit_tiny_set_writes_run_folder_and_calls_hooks(tiny_coco: Path, tmp_pat
     rec = Recorder()
     result = fit(_cfg(tiny_coco, epochs=1), workdir=tmp_path / "run", callbacks=[rec])
     run = tmp_path / "run"
-    for name in ("config.json", "log.jsonl", "resume.pt", "model.pt", "metrics.json",
-                 "predictions_val.json"):
+    for name in (
+        "config.json",
+        "log.jsonl",
+        "resume.pt",
+        "model.pt",
+        "metrics.json",
+        "predictions_val.json",
+    ):
         assert (run / name).is_file(), name
     assert rec.events[0] == "start@0"
     assert rec.events[-2:] == ["epoch0+eval", "end"]
@@ -103,9 +116,7 @@ def test_fit_resume_after_cancel_matches_uninterrupted_run(tiny_coco: Path, tmp_
 def test_fit_resume_with_changed_config_raises(tiny_coco: Path, tmp_path: Path) -> None:
     with pytest.raises(Cancelled):
         fit(_cfg(tiny_coco), workdir=tmp_path, callbacks=[Recorder(stop_after=1)])
-    changed = _cfg(tiny_coco).model_copy(
-        update={"optim": OptimConfig(lr=0.5, warmup_steps=2)}
-    )
+    changed = _cfg(tiny_coco).model_copy(update={"optim": OptimConfig(lr=0.5, warmup_steps=2)})
     with pytest.raises(ConfigError, match=r"optim\.lr"):
         fit(changed, workdir=tmp_path)
 
