@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.profiler import record_function
 
 from bmgkd_core.config import KDConfig
 from bmgkd_core.distill.cooptimization import CoOptimizationLoss
@@ -53,6 +54,8 @@ class StepContext:
         terms: The enabled terms (``kd.enabled_terms()`` restricted to the family).
         losses: The response-KD loss modules.
         teacher_bf16: Run the teacher under bf16 autocast (CUDA only).
+        compute_terms: ``False`` stops after the teacher forward the terms need, before any
+            term (see ``Distiller.compute_terms``).
         diag: Detached 0-dim tensors collected during the step (no host sync).
     """
 
@@ -60,6 +63,7 @@ class StepContext:
     terms: frozenset[str]
     losses: ResponseLosses
     teacher_bf16: bool
+    compute_terms: bool = True
     diag: dict[str, Tensor] = field(default_factory=dict)
 
     @property
@@ -69,10 +73,23 @@ class StepContext:
 
     @contextlib.contextmanager
     def teacher_mode(self, device: torch.device) -> Iterator[None]:
-        """``no_grad``, with bf16 autocast on CUDA when asked and autocast off otherwise."""
+        """``no_grad``, bf16 autocast on CUDA when asked (else off), a ``bmgkd.teacher`` range."""
         use_bf16 = self.teacher_bf16 and device.type == "cuda"
         with (
+            self.section("teacher"),
             torch.no_grad(),
             torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16),
         ):
             yield
+
+    @staticmethod
+    def section(name: str) -> contextlib.AbstractContextManager[object]:
+        """A ``bmgkd.<name>`` profiler range around a term's forward while a profiler runs.
+
+        Without one it is a ``nullcontext``: a ``record_function`` costs ~10 µs of host time
+        even when nothing records it.
+        ``bench/distill_overhead.py`` reports the time spent in each range.
+        """
+        if not torch._C._autograd._profiler_enabled():
+            return contextlib.nullcontext()
+        return record_function(f"bmgkd.{name}")

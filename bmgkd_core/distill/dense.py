@@ -74,29 +74,38 @@ def compute_dense_kd(
     num_pos = outputs.num_pos.float().clamp(min=1.0)
     out: dict[str, Tensor] = {}
     if "cls" in terms:
-        out["distill.cls"] = kd.cls_weight * losses.cls(z_s, z_t, valid=valid, num_pos=num_pos)
+        with ctx.section("cls"):
+            cls = losses.cls(z_s, z_t, valid=valid, num_pos=num_pos)
+            out["distill.cls"] = kd.cls_weight * cls
     if "logit_kd" in terms:
-        out["distill.logit_kd"] = kd.logit_kd_weight * losses.logit_kd(z_s, z_t, valid=valid)
-    _record_gap(ctx, z_s, z_t, valid)
+        with ctx.section("logit_kd"):
+            logit_kd = losses.logit_kd(z_s, z_t, valid=valid)
+            out["distill.logit_kd"] = kd.logit_kd_weight * logit_kd
+    with ctx.section("diag"):
+        _record_gap(ctx, z_s, z_t, valid)
     if not terms & {"reg", "ld", "co"}:
         return out
-    b_s = outputs.student_boxes.reshape(b * n, 4).float()
-    b_t = outputs.teacher_boxes.reshape(b * n, 4).float()
-    selection = _select(ctx, outputs, targets)
-    ctx.diag["hq_per_image"] = torch.tensor(len(selection) / max(b, 1), device=z_s.device)
+    with ctx.section("select"):  # spec §4.2, shared by reg, ld and co
+        b_s = outputs.student_boxes.reshape(b * n, 4).float()
+        b_t = outputs.teacher_boxes.reshape(b * n, 4).float()
+        selection = _select(ctx, outputs, targets)
+        ctx.diag["hq_per_image"] = torch.tensor(len(selection) / max(b, 1), device=z_s.device)
     idx = selection.anchor_idx
     if "reg" in terms:
-        box = losses.box(b_s[idx], b_t[idx], weights=selection.weights, num_pos=num_pos)
-        out["distill.reg"] = kd.reg_weight * box
+        with ctx.section("reg"):
+            box = losses.box(b_s[idx], b_t[idx], weights=selection.weights, num_pos=num_pos)
+            out["distill.reg"] = kd.reg_weight * box
     if "ld" in terms and outputs.student_dists is not None and outputs.teacher_dists is not None:
-        d_s = outputs.student_dists.reshape(b * n, 4, -1)[idx]
-        d_t = outputs.teacher_dists.reshape(b * n, 4, -1)[idx]
-        ld = losses.ld(d_s, d_t, weights=selection.weights, num_pos=num_pos)
-        out["distill.ld"] = kd.ld_weight * ld
+        with ctx.section("ld"):
+            d_s = outputs.student_dists.reshape(b * n, 4, -1)[idx]
+            d_t = outputs.teacher_dists.reshape(b * n, 4, -1)[idx]
+            ld = losses.ld(d_s, d_t, weights=selection.weights, num_pos=num_pos)
+            out["distill.ld"] = kd.ld_weight * ld
     if "co" in terms:
-        co_cls, co_reg = losses.co.compute_terms(
-            z_s, z_t, b_s, b_t, selection, valid=valid, num_pos=num_pos
-        )
+        with ctx.section("co"):
+            co_cls, co_reg = losses.co.compute_terms(
+                z_s, z_t, b_s, b_t, selection, valid=valid, num_pos=num_pos
+            )
         out["distill.co_cls"], out["distill.co_reg"] = co_cls, co_reg
     return out
 

@@ -61,6 +61,14 @@ class Distiller(nn.Module):
     :meth:`train` and run under ``torch.no_grad()``. It is not part of
     :meth:`student_state_dict`; the trainable parameters are the student's and the adapters'.
 
+    ``compute_terms`` (default ``True``) is a timing switch, not a training mode: set to ``False``,
+    a step still runs the teacher forward its terms need (backbone, and heads for response
+    terms) but computes no term, no adapter and no diagnostic, and returns the ``task.*``
+    losses only. ``bench/distill_overhead.py`` times the terms' share of a step as the
+    difference. Each term's forward runs in a ``bmgkd.<term>`` profiler range (the teacher's in
+    ``bmgkd.teacher``; ``prep``/``select``/``diag`` for the shared inputs, the high-quality box
+    selection and the diagnostics).
+
     Args:
         student: A bmgkd/torchvision detector (``RetinaNet``, ``GFL`` or ``FasterRCNN``).
         teacher: A detector of the same family (backbones may differ).
@@ -95,6 +103,7 @@ class Distiller(nn.Module):
         if family != "gfl":
             terms.discard("ld")
         self.terms = frozenset(terms)
+        self.compute_terms = True
         self.response_losses = ResponseLosses(kd)
         self._diag: dict[str, Tensor] = {}
         self.level_pairs: list[LevelPair] = []
@@ -185,7 +194,9 @@ class Distiller(nn.Module):
         return self._losses(image_list, targets_t, student_feats, teacher_feats)
 
     def _context(self) -> StepContext:
-        return StepContext(self.kd, self.terms, self.response_losses, self.kd.teacher_bf16)
+        return StepContext(
+            self.kd, self.terms, self.response_losses, self.kd.teacher_bf16, self.compute_terms
+        )
 
     def _losses(
         self,
@@ -204,7 +215,7 @@ class Distiller(nn.Module):
             t_feats = None if teacher_feats is None else list(teacher_feats.values())
         teacher = self.teacher if self.terms else None
         out = family_fn(self.student, teacher, ctx, image_list, s_feats, t_feats, targets)
-        if teacher_feats is not None and self.terms & FEATURE_TERMS:
+        if teacher_feats is not None and self.terms & FEATURE_TERMS and self.compute_terms:
             out.update(self._feature_terms(ctx, student_feats, teacher_feats))
         self._diag = ctx.diag
         return out
@@ -222,19 +233,23 @@ class Distiller(nn.Module):
         for level, (s_map, t_map) in enumerate(pairs):
             if level >= len(self.level_pairs):
                 break
-            adapted = self.adapters[level](s_map, t_map.shape[-2:])
-            t_map = t_map.float()
+            with ctx.section("adapters"):
+                adapted = self.adapters[level](s_map, t_map.shape[-2:])
+                t_map = t_map.float()
             if "cka" in self.terms:
                 cka = cast(PatchCKALoss, self.cka_losses[level])
-                sums["cka"] = sums["cka"] + cka(adapted, t_map)
+                with ctx.section("cka"):
+                    sums["cka"] = sums["cka"] + cka(adapted, t_map)
                 stats = {k: v for k, v in cka.last_stats.items() if k != "num_patches"}
                 ctx.diag.update({f"{k}.{level}": v for k, v in stats.items()})
             if "local" in self.terms:
                 local = cast(CosineMaskFeatureLoss, self.local_losses[level])
-                sums["local"] = sums["local"] + local(adapted, t_map)
+                with ctx.section("local"):
+                    sums["local"] = sums["local"] + local(adapted, t_map)
                 ctx.diag.update({f"{k}.{level}": v for k, v in local.last_stats.items()})
             if "pkd" in self.terms:
-                sums["pkd"] = sums["pkd"] + self.pkd_loss(adapted, t_map)
+                with ctx.section("pkd"):
+                    sums["pkd"] = sums["pkd"] + self.pkd_loss(adapted, t_map)
         weights = {"cka": 1.0, "local": kd.local_weight, "pkd": kd.pkd_weight}
         return {f"distill.{k}": weights[k] * v for k, v in sums.items() if k in self.terms}
 

@@ -86,6 +86,8 @@ def compute_fasterrcnn_losses(
             f"{tuple(rpn.objectness.shape)}, RoI {tuple(t_logits.shape)} vs "
             f"{tuple(roi.class_logits.shape)}"
         )
+    if not ctx.compute_terms:
+        return out
     out.update(_rpn_kd(ctx, student, rpn, t_objectness))
     out.update(_roi_kd(ctx, student, roi, t_logits.float(), t_regression.float(), targets))
     if "distill.cls_rpn" in out:  # one `cls` term: RPN binary + RoI softmax (spec §5)
@@ -160,12 +162,14 @@ def _rpn_kd(
     kd, losses, out = ctx.kd, ctx.losses, {}
     valid = torch.cat(rpn.labels) >= 0  # [B * A]
     if "cls" in ctx.terms:
-        num_sampled = _num_sampled_anchors(model, rpn.labels)
-        cls_rpn = losses.cls(rpn.objectness, t_objectness, valid=valid, num_pos=num_sampled)
+        with ctx.section("cls"):
+            num_sampled = _num_sampled_anchors(model, rpn.labels)
+            cls_rpn = losses.cls(rpn.objectness, t_objectness, valid=valid, num_pos=num_sampled)
         ctx.diag["cls_rpn"] = cls_rpn.detach()
         out["distill.cls_rpn"] = kd.cls_weight * cls_rpn
     if "logit_kd" in ctx.terms:
-        logit_rpn = losses.logit_kd(rpn.objectness, t_objectness, valid=valid)
+        with ctx.section("logit_kd"):
+            logit_rpn = losses.logit_kd(rpn.objectness, t_objectness, valid=valid)
         out["distill.logit_kd_rpn"] = kd.logit_kd_weight * logit_rpn
     return out
 
@@ -191,27 +195,36 @@ def _roi_kd(
     """RoI-head KD: TV-masked softmax KL, HQ box KD and co-optimisation (spec §4, FRCNN)."""
     kd, losses, out = ctx.kd, ctx.losses, {}
     s_logits = roi.class_logits
-    _record_roi_gap(ctx, s_logits, t_logits)
+    with ctx.section("diag"):
+        _record_roi_gap(ctx, s_logits, t_logits)
     if "cls" in ctx.terms:
-        cls_roi = losses.cls_roi(s_logits, t_logits)
+        with ctx.section("cls"):
+            cls_roi = losses.cls_roi(s_logits, t_logits)
         ctx.diag["cls_roi"] = cls_roi.detach()
         out["distill.cls_roi"] = kd.cls_weight * cls_roi
     if "logit_kd" in ctx.terms:
-        out["distill.logit_kd_roi"] = kd.logit_kd_weight * losses.logit_kd_roi(s_logits, t_logits)
+        with ctx.section("logit_kd"):
+            logit_roi = losses.logit_kd_roi(s_logits, t_logits)
+        out["distill.logit_kd_roi"] = kd.logit_kd_weight * logit_roi
     if not ctx.terms & {"reg", "co"}:
         return out
     rois, labels = torch.cat(roi.proposals), torch.cat(roi.labels)
-    gt_class = labels.clamp(min=0)
-    s_boxes = _decode_for_class(model, roi.box_regression, rois, gt_class)
-    t_boxes = _decode_for_class(model, t_regression, rois, gt_class)
-    selection = _select_rois(ctx, roi, torch.softmax(t_logits, dim=1), s_boxes, t_boxes, targets)
+    with ctx.section("select"):  # spec §4.2, shared by reg and co
+        gt_class = labels.clamp(min=0)
+        s_boxes = _decode_for_class(model, roi.box_regression, rois, gt_class)
+        t_boxes = _decode_for_class(model, t_regression, rois, gt_class)
+        t_probs = torch.softmax(t_logits, dim=1)
+        selection = _select_rois(ctx, roi, t_probs, s_boxes, t_boxes, targets)
     num_pos = (labels > 0).sum().float().clamp(min=1.0)
     if "reg" in ctx.terms:
-        idx = selection.anchor_idx
-        box = losses.box(s_boxes[idx], t_boxes[idx], weights=selection.weights, num_pos=num_pos)
+        with ctx.section("reg"):
+            idx = selection.anchor_idx
+            box = losses.box(s_boxes[idx], t_boxes[idx], weights=selection.weights, num_pos=num_pos)
         out["distill.reg"] = kd.reg_weight * box
     if "co" in ctx.terms:
-        out.update(_roi_co(ctx, model, roi, t_logits, t_regression, (s_boxes, t_boxes), selection))
+        with ctx.section("co"):
+            boxes = (s_boxes, t_boxes)
+            out.update(_roi_co(ctx, model, roi, t_logits, t_regression, boxes, selection))
     return out
 
 

@@ -51,20 +51,23 @@ def compute_gfl_losses_kd(
     with ctx.teacher_mode(image_list.tensors.device):
         teacher_outputs = teacher.forward_head(teacher_feats)
     _check_same_layout(outputs, teacher_outputs)
-    cls_s, reg_s, points, _ = outputs.concat_levels()
-    cls_t, reg_t, _, _ = teacher_outputs.concat_levels()
-    b, n = cls_s.shape[:2]
-    dense = DenseOutputs(
-        student_logits=cls_s[..., 1:],
-        teacher_logits=cls_t[..., 1:].float(),
-        student_boxes=torch.cat(student.decode_boxes(outputs), dim=1),
-        teacher_boxes=torch.cat(teacher.decode_boxes(teacher_outputs), dim=1),
-        anchor_centers=points.expand(b, n, 2),
-        valid=assignment.valid,
-        num_pos=assignment.num_pos,
-        student_dists=reg_s.reshape(b, n, 4, outputs.reg_max + 1),
-        teacher_dists=reg_t.float().reshape(b, n, 4, teacher_outputs.reg_max + 1),
-    )
+    if not ctx.compute_terms:
+        return out
+    with ctx.section("prep"):
+        cls_s, reg_s, points, _ = outputs.concat_levels()
+        cls_t, reg_t, _, _ = teacher_outputs.concat_levels()
+        b, n = cls_s.shape[:2]
+        dense = DenseOutputs(
+            student_logits=cls_s[..., 1:],
+            teacher_logits=cls_t[..., 1:].float(),
+            student_boxes=torch.cat(student.decode_boxes(outputs), dim=1),
+            teacher_boxes=torch.cat(teacher.decode_boxes(teacher_outputs), dim=1),
+            anchor_centers=points.expand(b, n, 2),
+            valid=assignment.valid,
+            num_pos=assignment.num_pos,
+            student_dists=reg_s.reshape(b, n, 4, outputs.reg_max + 1),
+            teacher_dists=reg_t.float().reshape(b, n, 4, teacher_outputs.reg_max + 1),
+        )
     out.update(compute_dense_kd(ctx, dense, targets))
     return out
 

@@ -76,6 +76,8 @@ def compute_retinanet_losses(
     with ctx.teacher_mode(image_list.tensors.device):
         teacher_outputs = teacher.head(teacher_feats)
     _check_same_shape(head_outputs, teacher_outputs)
+    if not ctx.compute_terms:
+        return out
     all_anchors = torch.stack(anchors)  # [B, HWA, 4]
     b, n = all_anchors.shape[:2]
     flat_anchors = all_anchors.reshape(b * n, 4).float()
@@ -86,15 +88,16 @@ def compute_retinanet_losses(
         return boxes.view(b, n, 4)
 
     matched_all = torch.stack(matched)  # [B, HWA]
-    dense = DenseOutputs(
-        student_logits=head_outputs["cls_logits"][..., 1:],
-        teacher_logits=teacher_outputs["cls_logits"][..., 1:].float(),
-        student_boxes=decode(head_outputs["bbox_regression"]),
-        teacher_boxes=decode(teacher_outputs["bbox_regression"]),
-        anchor_centers=(all_anchors[..., :2] + all_anchors[..., 2:]) / 2,
-        valid=matched_all != student.proposal_matcher.BETWEEN_THRESHOLDS,
-        num_pos=(matched_all >= 0).sum(),
-    )
+    with ctx.section("prep"):
+        dense = DenseOutputs(
+            student_logits=head_outputs["cls_logits"][..., 1:],
+            teacher_logits=teacher_outputs["cls_logits"][..., 1:].float(),
+            student_boxes=decode(head_outputs["bbox_regression"]),
+            teacher_boxes=decode(teacher_outputs["bbox_regression"]),
+            anchor_centers=(all_anchors[..., :2] + all_anchors[..., 2:]) / 2,
+            valid=matched_all != student.proposal_matcher.BETWEEN_THRESHOLDS,
+            num_pos=(matched_all >= 0).sum(),
+        )
     out.update(compute_dense_kd(ctx, dense, targets))
     return out
 

@@ -156,6 +156,51 @@ def test_distiller_preset_runs_exactly_its_terms(family: str, preset: str, batch
     sum(losses.values()).backward()
 
 
+TEACHER_HEADS = {
+    "retinanet": ("head",),
+    "gfl": ("head",),
+    "fasterrcnn": ("rpn.head", "roi_heads.box_head", "roi_heads.box_predictor"),
+}
+SHARED_RANGES = {"teacher", "adapters", "diag", "select"}
+TERM_RANGES = {"retinanet": {"prep"}, "gfl": {"prep", "ld"}, "fasterrcnn": set()}
+
+
+def profiled_ranges(distiller: Distiller, batch: Any) -> tuple[dict[str, torch.Tensor], set[str]]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        losses = distiller(*batch)
+    names = {e.name.removeprefix("bmgkd.") for e in prof.events() if e.name.startswith("bmgkd.")}
+    return losses, names
+
+
+@pytest.mark.parametrize("family", ["retinanet", "gfl", "fasterrcnn"])
+def test_distiller_compute_terms_off_runs_the_teacher_but_no_term(family: str, batch: Any) -> None:
+    """The timing switch of bench/distill_overhead.py; every term's forward is a profiler range."""
+    distiller = make_distiller(family, "resnet18", "resnet18").train()
+    torch.manual_seed(7)
+    full, ranges = profiled_ranges(distiller, batch)
+    assert distiller.compute_terms
+    keys = [k.removeprefix("distill.") for k in full if k.startswith("distill.")]
+    terms = {k.removesuffix("_cls").removesuffix("_reg") for k in keys}  # co_cls, co_reg -> co
+    assert terms >= {"cka", "local", "cls", "reg", "co"}
+    assert ranges == SHARED_RANGES | TERM_RANGES[family] | terms
+
+    distiller.compute_terms = False
+    ran: list[str] = []
+    for name in (*TEACHER_HEADS[family], "backbone"):
+        module = distiller.teacher.get_submodule(name)
+        module.register_forward_hook(lambda *_, name=name: ran.append(name))
+    torch.manual_seed(7)
+    task_only, ranges = profiled_ranges(distiller, batch)
+
+    assert sorted(ran) == sorted((*TEACHER_HEADS[family], "backbone"))  # the whole teacher ran
+    assert ranges == {"teacher"}
+    assert set(task_only) == TASK_KEYS[family]
+    for key in TASK_KEYS[family]:
+        assert torch.equal(task_only[key], full[key]), key
+    assert distiller.last_diagnostics() == {}
+    sum(task_only.values()).backward()
+
+
 def test_distiller_eval_mode_returns_student_detections(batch: Any) -> None:
     distiller = make_distiller("retinanet", "resnet18", "resnet18").eval()
     with torch.no_grad():
