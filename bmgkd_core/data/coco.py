@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bmgkd_core.data.dataset import LabelMap, make_record
+from bmgkd_core.data.records import LabelMap, make_array_record
 from bmgkd_core.data.validate import IssueSink, ParsedSplit, check_box
 
 __all__ = ["list_coco_splits", "parse_coco_split"]
@@ -67,7 +67,7 @@ def parse_coco_split(root: Path, split: str, sink: IssueSink) -> ParsedSplit:
         if not img.annotated:
             sink.warning("image-no-annotations", rel, img.record, "image has no annotations (kept)")
         path = root / "images" / img.file_name
-        records.append(make_record(img.image_id, img.file_name, path, img.size, img.objects))
+        records.append(make_array_record(img.image_id, img.file_name, path, img.size, img.objects))
         sources.append((rel, img.record))
     return ParsedSplit(records, label_map, sources)
 

@@ -4,6 +4,10 @@ A split is parsed once into :class:`ImageRecord` objects (boxes ``xyxy`` absolut
 image as stored on disk after EXIF orientation) and a :class:`LabelMap`. :class:`DetectionDataset`
 decodes images lazily and returns ``(image, target)`` pairs in torchvision's detection format.
 
+The torch-free parts (records, label map, layout detection, image headers) live in
+:mod:`bmgkd_core.data.records` and are re-exported here; the parsers and the validator use only
+those, so validating a dataset does not load torch.
+
 :func:`load_dataset` raises :class:`~bmgkd_core.errors.DataError` on the first structural problem
 of a split and repairs the rest (boxes are clipped to the image; boxes with no area are dropped);
 :func:`~bmgkd_core.data.validate.validate_dataset` lists every problem.
@@ -14,18 +18,28 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
+from bmgkd_core.data import coco, voc
+from bmgkd_core.data.records import (
+    DatasetFormat,
+    ImageRecord,
+    LabelMap,
+    detect_format,
+    make_array_record,
+    read_image_size,
+)
+from bmgkd_core.data.validate import IssueSink
 from bmgkd_core.errors import DataError
 
 __all__ = [
@@ -39,87 +53,15 @@ __all__ = [
     "load_image",
     "make_record",
     "read_image_size",
+    "to_tensor_record",
 ]
 
 logger = logging.getLogger(__name__)
 
-DatasetFormat = Literal["coco", "voc"]
 PairTransform = Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]]
 """``(image, target) -> (image, target)``, as returned by ``build_transforms``."""
 
 _TV_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
-_EXIF_ORIENTATION = 0x0112
-_TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # 90 degree turns: width and height swap
-
-
-@dataclass(frozen=True, eq=False)
-class ImageRecord:
-    """One image of a split and its annotations.
-
-    Attributes:
-        image_id: Integer id, unique within the dataset.
-        file_name: Path relative to the image folder (``images/`` or ``JPEGImages/``).
-        path: Absolute path of the image file.
-        width: Image width in pixels as declared (after EXIF orientation).
-        height: Image height in pixels as declared (after EXIF orientation).
-        boxes: float32 ``[N, 4]`` xyxy absolute pixels, clipped to the image.
-        labels: int64 ``[N]`` in ``1..K``.
-        iscrowd: bool ``[N]``; COCO ``iscrowd=1`` or VOC ``difficult=1`` (ignored in training).
-        areas: float32 ``[N]``; the source's ``area`` (COCO) or the box area.
-    """
-
-    image_id: int
-    file_name: str
-    path: Path
-    width: int
-    height: int
-    boxes: Tensor
-    labels: Tensor
-    iscrowd: Tensor
-    areas: Tensor
-
-
-@dataclass(frozen=True)
-class LabelMap:
-    """Class names in label order; labels are ``1..K`` and 0 is background.
-
-    Attributes:
-        names: ``names[label - 1]`` is the class name of ``label``.
-        category_ids: ``category_ids[label - 1]`` is the source category id of ``label`` (the
-            original COCO id; for VOC equal to the label).
-    """
-
-    names: tuple[str, ...]
-    category_ids: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        """Check that names and category ids pair up."""
-        if len(self.names) != len(self.category_ids):
-            raise DataError(
-                f"LabelMap: {len(self.names)} names but {len(self.category_ids)} category ids"
-            )
-
-    @property
-    def num_classes(self) -> int:
-        """Number of object classes ``K`` (without background)."""
-        return len(self.names)
-
-    def label_of(self, category_id: int) -> int:
-        """Return the label ``1..K`` of a source category id.
-
-        Raises:
-            DataError: ``category_id`` is unknown.
-        """
-        try:
-            return self.category_ids.index(category_id) + 1
-        except ValueError:
-            raise DataError(
-                f"unknown category id {category_id}; known: {list(self.category_ids)}"
-            ) from None
-
-    def to_dict(self) -> dict[str, list[Any]]:
-        """Return ``{"names": [...], "category_ids": [...]}`` (JSON-able)."""
-        return {"names": list(self.names), "category_ids": list(self.category_ids)}
 
 
 def make_record(
@@ -128,18 +70,30 @@ def make_record(
     path: Path,
     size: tuple[int, int],
     objects: Sequence[tuple[list[float], int, bool, float]],
-) -> ImageRecord:
-    """Build an :class:`ImageRecord` from ``(xyxy, label, iscrowd, area)`` tuples."""
+) -> ImageRecord[Tensor]:
+    """Build an :class:`ImageRecord` of tensors from ``(xyxy, label, iscrowd, area)`` tuples."""
+    return to_tensor_record(make_array_record(image_id, file_name, path, size, objects))
+
+
+def to_tensor_record(record: ImageRecord[Any]) -> ImageRecord[Tensor]:
+    """Return ``record`` with its numpy arrays as tensors of the same dtypes.
+
+    A record that already holds tensors is returned as is.
+    """
+    fields = (record.boxes, record.labels, record.iscrowd, record.areas)
+    if all(isinstance(a, Tensor) for a in fields):
+        return record
+    boxes, labels, iscrowd, areas = (torch.from_numpy(np.asarray(a)) for a in fields)
     return ImageRecord(
-        image_id=image_id,
-        file_name=file_name,
-        path=path,
-        width=size[0],
-        height=size[1],
-        boxes=torch.tensor([o[0] for o in objects], dtype=torch.float32).reshape(-1, 4),
-        labels=torch.tensor([o[1] for o in objects], dtype=torch.int64),
-        iscrowd=torch.tensor([o[2] for o in objects], dtype=torch.bool),
-        areas=torch.tensor([o[3] for o in objects], dtype=torch.float32),
+        image_id=record.image_id,
+        file_name=record.file_name,
+        path=record.path,
+        width=record.width,
+        height=record.height,
+        boxes=boxes,
+        labels=labels,
+        iscrowd=iscrowd,
+        areas=areas,
     )
 
 
@@ -180,28 +134,6 @@ def load_image(path: Path) -> Tensor:
     return pixels
 
 
-def read_image_size(path: Path) -> tuple[int, int]:
-    """Read ``(width, height)`` from the image header, after EXIF orientation.
-
-    Only the header is read (PIL ``verify()``), not the pixels.
-
-    Raises:
-        DataError: the file is missing or is not a readable image.
-    """
-    try:
-        with Image.open(path) as pil:
-            width, height = pil.size
-            orientation = pil.getexif().get(_EXIF_ORIENTATION, 1)
-            pil.verify()
-    except FileNotFoundError as exc:
-        raise DataError(f"image file not found: {path}") from exc
-    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
-    if orientation in _TRANSPOSED_ORIENTATIONS:
-        width, height = height, width
-    return width, height
-
-
 class DetectionDataset(Dataset[tuple[Tensor, dict[str, Any]]]):
     """A detection split in torchvision's format.
 
@@ -213,7 +145,8 @@ class DetectionDataset(Dataset[tuple[Tensor, dict[str, Any]]]):
     ``boxes`` of shape ``[0, 4]``.
 
     Args:
-        records: The images of the split.
+        records: The images of the split; numpy records are converted with
+            :func:`to_tensor_record`.
         label_map: Class names and source category ids.
         transforms: Optional ``(image, target) -> (image, target)`` applied to a
             ``tv_tensors.Image`` (uint8) and a target whose ``boxes`` are
@@ -225,7 +158,7 @@ class DetectionDataset(Dataset[tuple[Tensor, dict[str, Any]]]):
 
     def __init__(
         self,
-        records: Sequence[ImageRecord],
+        records: Sequence[ImageRecord[Any]],
         label_map: LabelMap,
         *,
         transforms: PairTransform | None = None,
@@ -234,7 +167,7 @@ class DetectionDataset(Dataset[tuple[Tensor, dict[str, Any]]]):
         format: DatasetFormat = "coco",
     ) -> None:
         """Create the dataset; see the class docstring for the arguments."""
-        self.records = list(records)
+        self.records: list[ImageRecord[Tensor]] = [to_tensor_record(r) for r in records]
         self.label_map = label_map
         self.transforms = transforms
         self.root = root
@@ -332,33 +265,6 @@ def _plain_target(target: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def detect_format(root: Path) -> DatasetFormat:
-    """Detect the layout of a dataset root.
-
-    COCO: ``<root>/images/`` and ``<root>/annotations/*.json``. Pascal VOC:
-    ``<root>/JPEGImages/``, ``<root>/Annotations/`` and ``<root>/ImageSets/Main/``.
-
-    Raises:
-        DataError: the root is missing, matches neither layout, or matches both.
-    """
-    if not root.is_dir():
-        raise DataError(f"dataset root {root} does not exist or is not a directory")
-    is_coco = (root / "images").is_dir() and any((root / "annotations").glob("*.json"))
-    is_voc = all((root / d).is_dir() for d in ("JPEGImages", "Annotations", "ImageSets/Main"))
-    if is_coco and is_voc:
-        raise DataError(f"{root} looks like both COCO and VOC; pass format='coco' or 'voc'")
-    if is_coco:
-        return "coco"
-    if is_voc:
-        return "voc"
-    found = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())[:20]
-    raise DataError(
-        f"cannot detect the dataset layout of {root}: expected COCO (images/ and "
-        "annotations/{train,val}.json) or Pascal VOC (JPEGImages/, Annotations/*.xml and "
-        f"ImageSets/Main/{{train,val}}.txt); found {found}"
-    )
-
-
 def load_dataset(
     root: str | Path,
     split: str,
@@ -386,14 +292,11 @@ def load_dataset(
         DataError: the layout is not recognised, the split is missing, or an annotation file is
             invalid; the message names the file and the record.
     """
-    # Imported here: the parsers and the issue model build on the types defined above.
-    from bmgkd_core.data import coco, validate, voc
-
     root_path = Path(root).expanduser().resolve()
     fmt: DatasetFormat = detect_format(root_path) if format == "auto" else format
     if fmt not in ("coco", "voc"):
         raise DataError(f"unknown dataset format {fmt!r}; expected 'auto', 'coco' or 'voc'")
-    sink = validate.IssueSink(strict=True, root=root_path)
+    sink = IssueSink(strict=True, root=root_path)
     if fmt == "coco":
         parsed = coco.parse_coco_split(root_path, split, sink)
     else:

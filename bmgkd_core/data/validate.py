@@ -6,6 +6,10 @@ and that its size after EXIF orientation matches the declared one; pixels are no
 :func:`~bmgkd_core.data.dataset.load_dataset` uses a strict sink that raises
 :class:`~bmgkd_core.errors.DataError` on the first structural problem and repairs the rest (boxes
 are clipped to the image; boxes without area are dropped).
+
+This module, the parsers and :mod:`bmgkd_core.data.records` never import torch or torchvision
+(an import-linter contract and ``tests/core/test_boundaries.py`` check it), so the API process
+can validate uploads with this validator.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bmgkd_core.data.dataset import (
+from bmgkd_core.data.records import (
+    ArrayRecord,
     DatasetFormat,
-    ImageRecord,
     LabelMap,
     detect_format,
     read_image_size,
@@ -129,12 +133,12 @@ class ParsedSplit:
     """What a format parser returns for one split.
 
     Attributes:
-        records: One record per image, in the order of the source.
+        records: One record per image (numpy arrays), in the order of the source.
         label_map: The dataset's label map.
         sources: ``sources[i]`` is ``(file, record)`` naming where ``records[i]`` is declared.
     """
 
-    records: list[ImageRecord]
+    records: list[ArrayRecord]
     label_map: LabelMap
     sources: list[tuple[str, str]] = field(default_factory=list)
 

@@ -17,7 +17,12 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bmgkd_core.data.dataset import ImageRecord, LabelMap, make_record, read_image_size
+from bmgkd_core.data.records import (
+    ArrayRecord,
+    LabelMap,
+    make_array_record,
+    read_image_size,
+)
 from bmgkd_core.data.validate import IssueSink, ParsedSplit, check_box
 from bmgkd_core.errors import DataError
 
@@ -188,7 +193,7 @@ def _find_image(root: Path, stem: str, doc: _VocDoc) -> str | None:
 
 def _to_record(
     root: Path, xml_rel: str, doc: _VocDoc, image_id: int, label_map: LabelMap, sink: IssueSink
-) -> ImageRecord | None:
+) -> ArrayRecord | None:
     stem = Path(xml_rel).stem
     file_name = _find_image(root, stem, doc)
     if file_name is None:
@@ -219,4 +224,4 @@ def _to_record(
             area = (box[2] - box[0]) * (box[3] - box[1])
             label = label_map.names.index(obj.name) + 1
             objects.append((box, label, obj.difficult, area))
-    return make_record(image_id, file_name, path, size, objects)
+    return make_array_record(image_id, file_name, path, size, objects)

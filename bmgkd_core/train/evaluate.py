@@ -7,10 +7,10 @@ from typing import Any
 
 from bmgkd_core.data import build_loader, build_transforms, load_dataset
 from bmgkd_core.errors import DataError
-from bmgkd_core.eval import CocoEvaluator, evaluate_detector
+from bmgkd_core.eval import evaluate_detector
 from bmgkd_core.train.checkpoint import load_detector
 from bmgkd_core.train.loop import resolve_device
-from bmgkd_core.train.run import amp_dtype_for
+from bmgkd_core.train.run import amp_dtype_for, build_evaluator
 
 __all__ = ["evaluate"]
 
@@ -59,11 +59,7 @@ def evaluate(
         seed=0,
         device_is_cuda=dev.type == "cuda",
     )
-    evaluator = CocoEvaluator(
-        dataset.to_coco_gt(),
-        label_to_category_id=dict(enumerate(dataset.label_map.category_ids, start=1)),
-        class_names=names,
-    )
+    evaluator = build_evaluator(dataset)
     bbox = evaluate_detector(
         model.to(dev), loader, evaluator, device=dev, amp_dtype=amp_dtype_for(dev, amp)
     )

@@ -32,6 +32,7 @@ __all__ = [
     "RunParts",
     "amp_dtype_for",
     "build_distiller",
+    "build_evaluator",
     "build_run_parts",
     "evaluate_parts",
     "evaluate_teacher",
@@ -201,6 +202,15 @@ def build_distiller(
     return distiller.to(device), report
 
 
+def build_evaluator(dataset: DetectionDataset) -> CocoEvaluator:
+    """A COCO evaluator for ``dataset``'s split, in its original category ids and names."""
+    return CocoEvaluator(
+        dataset.to_coco_gt(),
+        label_to_category_id=dict(enumerate(dataset.label_map.category_ids, start=1)),
+        class_names=dataset.label_map.names,
+    )
+
+
 def evaluate_teacher(parts: RunParts) -> dict[str, Any]:
     """COCO-evaluate the distiller's teacher on the val split (no predictions file).
 
@@ -209,16 +219,10 @@ def evaluate_teacher(parts: RunParts) -> dict[str, Any]:
     """
     if parts.distiller is None:
         return {}
-    ds = parts.val_dataset
-    evaluator = CocoEvaluator(
-        ds.to_coco_gt(),
-        label_to_category_id=dict(enumerate(ds.label_map.category_ids, start=1)),
-        class_names=ds.label_map.names,
-    )
     bbox = evaluate_detector(
         parts.distiller.teacher,
         parts.val_loader,
-        evaluator,
+        build_evaluator(parts.val_dataset),
         device=parts.device,
         amp_dtype=parts.amp_dtype,
     )
@@ -227,12 +231,7 @@ def evaluate_teacher(parts: RunParts) -> dict[str, Any]:
 
 def evaluate_parts(parts: RunParts) -> dict[str, Any]:
     """COCO-evaluate the student on the val split; writes ``predictions_val.json``."""
-    ds = parts.val_dataset
-    evaluator = CocoEvaluator(
-        ds.to_coco_gt(),
-        label_to_category_id=dict(enumerate(ds.label_map.category_ids, start=1)),
-        class_names=ds.label_map.names,
-    )
+    evaluator = build_evaluator(parts.val_dataset)
     bbox = evaluate_detector(
         parts.student, parts.val_loader, evaluator, device=parts.device, amp_dtype=parts.amp_dtype
     )

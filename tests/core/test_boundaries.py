@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
+
+from tests.synth import make_coco_dataset
 
 
 def _run(code: str) -> str:
@@ -28,3 +32,29 @@ def test_engine_import_does_not_load_service_packages() -> None:
 
 def test_lazy_exports_resolve() -> None:
     assert _run("import bmgkd_core; print(bmgkd_core.fit.__name__)") == "fit"
+
+
+def test_validator_runs_without_torch(tmp_path: Path) -> None:
+    root = make_coco_dataset(tmp_path / "coco", n_train=2, n_val=1)
+    code = (
+        "import json, sys\n"
+        "from bmgkd_core.data.validate import validate_dataset\n"
+        f"report = validate_dataset({str(root)!r})\n"
+        "loaded = sorted(m for m in ('torch', 'torchvision') if m in sys.modules)\n"
+        "print(json.dumps({'report': report.to_dict(), 'loaded': loaded}))"
+    )
+    out = json.loads(_run(code))
+    report = out["report"]
+    assert report["ok"], report["issues"]
+    assert report["format"] == "coco"
+    assert report["splits"]["train"]["images"] == 2
+    assert report["splits"]["val"]["images"] == 1
+    assert out["loaded"] == []
+
+
+def test_data_package_import_does_not_load_torch() -> None:
+    code = (
+        "import sys, bmgkd_core.data; "
+        "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    )
+    assert _run(code) == "[]"

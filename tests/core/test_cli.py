@@ -208,3 +208,53 @@ def test_cli_console_script_bad_config_file_exits_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "train.epochs" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+class _FakeEntryPoint:
+    """Stands in for an ``importlib.metadata.EntryPoint``: ``load()`` returns or raises."""
+
+    def __init__(self, name: str, target: object) -> None:
+        self.name = name
+        self.value = f"fake_plugin:{name}"
+        self.target = target
+
+    def load(self) -> object:
+        if isinstance(self.target, BaseException):
+            raise self.target
+        return self.target
+
+
+def test_cli_plugin_commands_added_and_broken_plugin_skipped_with_warning(
+    tiny_coco: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import argparse
+
+    import bmgkd_core.cli as cli
+
+    calls: list[str] = []
+
+    def hello(args: argparse.Namespace) -> int:
+        calls.append(args.name)
+        return 0
+
+    def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+        p = sub.add_parser("hello", help="say hello")
+        p.add_argument("--name", default="world")
+        p.set_defaults(handler=hello)
+
+    plugins = [
+        _FakeEntryPoint("hello", register),
+        _FakeEntryPoint("broken", ImportError("No module named 'fake_service'")),
+    ]
+    monkeypatch.setattr(cli, "_command_entry_points", lambda: plugins)
+
+    assert main(["hello"]) == 0
+    assert main(["hello", "--name", "bmgkd"]) == 0
+    assert calls == ["world", "bmgkd"]
+    assert main(["validate", "--data", str(tiny_coco)]) == 0
+    assert "0 error(s)" in capsys.readouterr().out
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("'broken'" in w and "fake_service" in w for w in warnings)
