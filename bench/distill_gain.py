@@ -56,11 +56,13 @@ def _config(
     )
 
 
-def _run(cfg: DistillConfig, workdir: Path) -> dict[str, Any]:
+def _run(cfg: DistillConfig, workdir: Path, *, report_only: bool) -> dict[str, Any] | None:
     metrics_file = workdir / "metrics.json"
     if metrics_file.is_file():
         print(f"skip (done): {workdir}", flush=True)
         return dict(json.loads(metrics_file.read_text()))
+    if report_only:
+        return None
     print(f"run: {workdir}", flush=True)
     return fit(cfg, workdir=workdir).metrics
 
@@ -85,6 +87,11 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/distill_gain")
     p.add_argument("--tag", default=None)
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing; summarise the runs that have finished",
+    )
     args = p.parse_args()
     name = Path(args.data).resolve().name
     tag = args.tag or f"{name}_{args.family}_{args.image_size}"
@@ -92,15 +99,30 @@ def main() -> None:
     teacher_arch = f"{args.family}_{args.teacher_backbone}_fpn"
     student_arch = f"{args.family}_{args.student_backbone}_fpn"
     teacher_dir = root / f"teacher_{args.teacher_backbone}"
-    teacher = _run(_config(args, teacher_arch, args.teacher_epochs, 0, None), teacher_dir)
+    teacher_cfg = _config(args, teacher_arch, args.teacher_epochs, 0, None)
+    teacher = _run(teacher_cfg, teacher_dir, report_only=args.report_only)
+    if teacher is None:
+        raise SystemExit(f"no finished teacher in {teacher_dir}")
     results: dict[str, list[dict[str, Any]]] = {}
     for preset in args.presets:
         for seed in args.seeds:
             kd = KDConfig(teacher=str(teacher_dir / "model.pt"), preset=preset)
             cfg = _config(args, student_arch, args.student_epochs, seed, kd)
-            metrics = _run(cfg, root / f"{preset}_seed{seed}")
-            results.setdefault(preset, []).append(metrics["bbox"])
+            metrics = _run(cfg, root / f"{preset}_seed{seed}", report_only=args.report_only)
+            if metrics is not None:
+                results.setdefault(preset, []).append({"seed": seed, **metrics["bbox"]})
     _report(args, tag, teacher["bbox"], results)
+
+
+def _first_step_scales(workdir: Path) -> dict[str, float]:
+    """Each ``distill.*`` term at step 1 divided by the detection loss (spec §6 sanity check)."""
+    for line in (workdir / "log.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("type") == "step":
+            losses = record["losses"]
+            det = sum(v for k, v in losses.items() if k.startswith("task."))
+            return {k: round(v / det, 3) for k, v in losses.items() if k.startswith("distill.")}
+    return {}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -117,7 +139,15 @@ def _report(
     summary: dict[str, Any] = {"settings": vars(args), "teacher": teacher, "presets": {}}
     for preset, runs in results.items():
         ap, ap50 = _mean_std([r["AP"] for r in runs]), _mean_std([r["AP50"] for r in runs])
-        summary["presets"][preset] = {"AP": ap, "AP50": ap50, "runs": runs}
+        first = Path(args.out) / tag / f"{preset}_seed{runs[0]['seed']}"
+        scales = _first_step_scales(first)
+        summary["presets"][preset] = {
+            "AP": ap,
+            "AP50": ap50,
+            "runs": runs,
+            "first_step_term_over_det": scales,
+        }
+        print(f"{preset}: step-1 KD term / detection loss: {scales}")
         rows.append(
             f"| {args.family} | {preset} | {len(runs)} | {ap[0]:.2f} ± {ap[1]:.2f} | "
             f"{ap50[0]:.2f} ± {ap50[1]:.2f} |"
