@@ -348,13 +348,25 @@ def _check_same_config(cfg: DistillConfig, saved: DistillConfig, path: Path) -> 
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after ``step`` (a crash after the last checkpoint)."""
+    """Drop log lines written after ``step`` (a crash after the last checkpoint).
+
+    A line torn by a crash mid-write does not parse and is dropped too.
+    """
     if not path.is_file():
         return
     lines = path.read_text(encoding="utf-8").splitlines()
-    kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    kept = [ln for ln in lines if _logged_step(ln) <= step]
     if len(kept) != len(lines):
         path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+
+
+def _logged_step(line: str) -> float:
+    """The ``step`` of a log line; ``inf`` for a blank or torn line, so it is dropped."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return math.inf
+    return float(record.get("step", 0)) if isinstance(record, dict) else math.inf
 
 
 def _log(parts: RunParts, record: dict[str, Any]) -> None:

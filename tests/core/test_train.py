@@ -156,3 +156,22 @@ def test_fit_max_steps_caps_run_and_is_seeded(tiny_coco: Path, tmp_path: Path) -
     sd_a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"]
     sd_b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+
+
+def test_fit_resume_drops_log_lines_after_checkpoint_and_torn_line(
+    tiny_coco: Path, tmp_path: Path
+) -> None:
+    cfg = _cfg(tiny_coco, max_steps=2)
+    with pytest.raises(Cancelled):
+        fit(cfg, workdir=tmp_path, callbacks=[Recorder(stop_after=1)])
+    log = tmp_path / "log.jsonl"
+    with log.open("a") as f:  # what a crash after the checkpoint leaves behind
+        f.write(json.dumps({"type": "step", "step": 2, "losses": {}}) + "\n")
+        f.write('{"type": "step", "st')
+    fit(cfg, workdir=tmp_path)
+    steps = [
+        json.loads(ln)["step"]
+        for ln in log.read_text().splitlines()
+        if json.loads(ln)["type"] == "step"
+    ]
+    assert steps == [1, 2]
