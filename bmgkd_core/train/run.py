@@ -72,6 +72,13 @@ class RunParts:
     distiller: Distiller | None = None
     teacher_report: TeacherReport | None = None
     teacher_metrics: dict[str, Any] | None = None
+    _evaluator: CocoEvaluator | None = None
+
+    def val_evaluator(self) -> CocoEvaluator:
+        """The val split's evaluator, built once (``evaluate_detector`` resets it per use)."""
+        if self._evaluator is None:
+            self._evaluator = build_evaluator(self.val_dataset)
+        return self._evaluator
 
     def set_train_mode(self) -> None:
         """``train()`` the model, keeping frozen (ImageNet-initialised) BatchNorm in eval."""
@@ -222,7 +229,7 @@ def evaluate_teacher(parts: RunParts) -> dict[str, Any]:
     bbox = evaluate_detector(
         parts.distiller.teacher,
         parts.val_loader,
-        build_evaluator(parts.val_dataset),
+        parts.val_evaluator(),
         device=parts.device,
         amp_dtype=parts.amp_dtype,
     )
@@ -231,7 +238,7 @@ def evaluate_teacher(parts: RunParts) -> dict[str, Any]:
 
 def evaluate_parts(parts: RunParts) -> dict[str, Any]:
     """COCO-evaluate the student on the val split; writes ``predictions_val.json``."""
-    evaluator = build_evaluator(parts.val_dataset)
+    evaluator = parts.val_evaluator()
     bbox = evaluate_detector(
         parts.student, parts.val_loader, evaluator, device=parts.device, amp_dtype=parts.amp_dtype
     )
