@@ -25,6 +25,16 @@ def add_tool_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     v.add_argument("--format", default="auto", choices=_FORMATS)
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.set_defaults(handler=_cmd_validate)
+    t = sub.add_parser(
+        "inspect-teacher", help="check a teacher checkpoint's keys strictly; exit 2 on mismatch"
+    )
+    t.add_argument("--checkpoint", required=True, help="model.pt or a torchvision state dict")
+    t.add_argument("--arch", help="architecture (required for a plain state dict)")
+    t.add_argument(
+        "--classes", help="class names, comma-separated or a JSON list (required for a state dict)"
+    )
+    t.add_argument("--json", action="store_true", help="print the report as JSON")
+    t.set_defaults(handler=_cmd_inspect_teacher)
 
 
 def _add_preflight(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -124,3 +134,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             print(text)
         print(f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)")
     return EXIT_USAGE if report.errors else EXIT_OK
+
+
+def _cmd_inspect_teacher(args: argparse.Namespace) -> int:
+    from bmgkd_core.distill.teacher import inspect_teacher
+
+    names: list[str] | None = None
+    if args.classes and args.classes.lstrip().startswith("["):
+        names = [str(n) for n in json.loads(args.classes)]
+    elif args.classes:
+        names = [n.strip() for n in args.classes.split(",")]
+    report = inspect_teacher(args.checkpoint, arch=args.arch, class_names=names)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_text())
+    return EXIT_OK

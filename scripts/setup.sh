@@ -24,6 +24,6 @@ if ! "$VPY" -c "import torch, torchvision" >/dev/null 2>&1; then
   "$VPY" -m pip install -q "torch==$TORCH" "torchvision==$TORCHVISION"
 fi
 echo "setup: installing bmgkd (editable) and the dev tools"
-"$VPY" -m pip install -q -e . --group dev
+"$VPY" -m pip install -q -e ".[service]" --group dev
 rm -f .venv/.bmgkd-installed-*
 touch "$stamp"

@@ -194,12 +194,14 @@ class ValidationReport:
         format: The detected or given layout, or ``None`` when it could not be detected.
         issues: Every issue, in the order found.
         splits: Per split: ``{"images", "boxes", "crowd"}`` counts of what loads.
+        class_counts: Per split: non-crowd boxes per class name, in label order.
     """
 
     root: str
     format: DatasetFormat | None
     issues: list[ValidationIssue] = field(default_factory=list)
     splits: dict[str, dict[str, int]] = field(default_factory=dict)
+    class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[ValidationIssue]:
@@ -246,6 +248,7 @@ class ValidationReport:
             "num_errors": len(self.errors),
             "num_warnings": len(self.warnings),
             "splits": {name: dict(counts) for name, counts in self.splits.items()},
+            "class_counts": {name: dict(c) for name, c in self.class_counts.items()},
             "issues": [issue.to_dict() for issue in kept],
             "truncated": len(kept) < len(ordered),
         }
@@ -298,6 +301,7 @@ def validate_dataset(
         else:
             parsed = voc.parse_voc_split(root_path, split, sink, cache=cache)
         report.splits[split] = _count(parsed)
+        report.class_counts[split] = _count_classes(parsed)
         if check_images:
             _check_images(root_path, parsed, sink, checked)
     return report
@@ -307,6 +311,16 @@ def _count(parsed: ParsedSplit) -> dict[str, int]:
     crowd = sum(int(r.iscrowd.sum()) for r in parsed.records)
     boxes = sum(len(r.boxes) for r in parsed.records)
     return {"images": len(parsed.records), "boxes": boxes - crowd, "crowd": crowd}
+
+
+def _count_classes(parsed: ParsedSplit) -> dict[str, int]:
+    names = parsed.label_map.names
+    counts = dict.fromkeys(names, 0)
+    for r in parsed.records:
+        for label, crowd in zip(r.labels.tolist(), r.iscrowd.tolist(), strict=True):
+            if not crowd and 1 <= label <= len(names):
+                counts[names[label - 1]] += 1
+    return counts
 
 
 def _check_images(root: Path, parsed: ParsedSplit, sink: IssueSink, checked: set[Path]) -> None:

@@ -8,7 +8,7 @@ read through :mod:`bmgkd_core.train.checkpoint` (``weights_only=True``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -19,7 +19,13 @@ from bmgkd_core.errors import CheckpointError, ConfigError, DataError
 from bmgkd_core.models import build_detector, split_arch
 from bmgkd_core.train.checkpoint import ModelFile, load_model_file, load_state_dict_file
 
-__all__ = ["TeacherReport", "check_same_family", "check_teacher", "load_teacher"]
+__all__ = [
+    "TeacherReport",
+    "check_same_family",
+    "check_teacher",
+    "inspect_teacher",
+    "load_teacher",
+]
 
 _SHOWN_KEYS = 5
 # The parameter whose first dimension gives the class count (RetinaNet: x anchors per location).
@@ -180,6 +186,62 @@ def check_teacher(cfg: DistillConfig) -> TeacherReport:
     _, report = load_teacher(
         cfg.distill, student_arch=cfg.model.arch, class_names=names, image_size=d.image_size
     )
+    return report
+
+
+def inspect_teacher(
+    path: str,
+    *,
+    arch: str | None = None,
+    class_names: Sequence[str] | None = None,
+) -> TeacherReport:
+    """Check a teacher file on its own, before any dataset is involved (the upload check).
+
+    The file is read with ``weights_only=True``, the architecture is built and the keys are
+    compared strictly (names and shapes). A ``model.pt`` names its architecture and classes; a
+    plain torchvision state dict needs ``arch`` and ``class_names``.
+
+    Args:
+        path: The checkpoint file.
+        arch: The architecture; must match a ``model.pt``'s own.
+        class_names: The teacher's classes (labels ``1..K``); must match a ``model.pt``'s own.
+
+    Returns:
+        The key report (every key matched).
+
+    Raises:
+        ConfigError: unknown or mismatching architecture, missing ``arch``/``class_names`` for a
+            plain state dict, or a class count the weights do not have.
+        DataError: ``class_names`` differ from a ``model.pt``'s.
+        CheckpointError: unreadable file, or keys/shapes that do not match (named).
+    """
+    model_file = _read_model_file(path)
+    if model_file is not None:
+        if arch is not None and arch != model_file.arch:
+            raise ConfigError(f"arch={arch!r} but {path} is a {model_file.arch!r} model")
+        if class_names is not None:
+            _check_model_file_classes(model_file, class_names, path)
+        arch, names = model_file.arch, model_file.class_names
+        state_dict: Mapping[str, torch.Tensor] = model_file.state_dict
+    else:
+        if arch is None or not class_names:
+            raise ConfigError(
+                f"{path} is a plain state dict (not a bmgkd model.pt); "
+                "give its architecture (arch) and class names (class_names)"
+            )
+        names = tuple(class_names)
+        state_dict = load_state_dict_file(path)
+    kd = KDConfig(teacher=path, teacher_arch=arch)  # validates the architecture name
+    num_classes = len(names) + 1
+    with torch.random.fork_rng(devices=[]):
+        model = build_detector(arch, num_classes, image_size=model_file.image_size if model_file else 512)
+    if model_file is None:
+        _check_state_dict_classes(model, state_dict, arch, num_classes, path)
+    report = _key_report(model, state_dict, kd, arch, num_classes, model_file)
+    if model_file is None:
+        report = replace(report, class_names=names)
+    if not report.ok:
+        raise CheckpointError(f"weights do not match {arch}:\n{report.format_text()}")
     return report
 
 

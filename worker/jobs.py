@@ -1,0 +1,254 @@
+"""``run(job_id)``: claim a job, build its engine config, run ``fit``, record the outcome.
+
+Safe to run twice for the same id (``acks_late`` re-delivers): the claim is a conditional UPDATE,
+a finished job is left alone, and a re-run resumes from ``runs/<job_id>/resume.pt``. Errors become
+typed failure codes at this boundary; deterministic ones are not retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.db.models import Artifact, Dataset, FailureCode, Job, JobStatus, Teacher
+from api.db.repo import JobRepo
+from api.settings import Settings
+from bmgkd_core.config import DistillConfig
+from bmgkd_core.errors import Cancelled, CheckpointError, ConfigError, DataError, DivergenceError
+from worker.progress import DbProgressCallback, Heartbeat, flatten_metrics
+
+__all__ = ["ARTIFACT_FILES", "build_config", "classify_error", "run"]
+
+log = logging.getLogger(__name__)
+
+# Files of the run folder exposed as artifacts (name -> file).
+ARTIFACT_FILES = {
+    "model.pt": "model.pt",
+    "metrics.json": "metrics.json",
+    "config.json": "config.json",
+    "log.jsonl": "log.jsonl",
+    "predictions_val.json": "predictions_val.json",
+}
+
+FitFn = Callable[..., Any]
+
+
+def build_config(session: Session, job: Job, settings: Settings) -> DistillConfig:
+    """The job's stored config with the dataset/teacher paths of this machine filled in."""
+    raw = dict(job.config)
+    dataset = session.get(Dataset, job.dataset_id)
+    if dataset is None:
+        raise DataError(f"dataset {job.dataset_id} no longer exists")
+    raw["data"] = {**raw["data"], "root": str(settings.data_dir / dataset.storage_path)}
+    if job.teacher_id is not None:
+        teacher = session.get(Teacher, job.teacher_id)
+        if teacher is None:
+            raise CheckpointError(f"teacher {job.teacher_id} no longer exists")
+        raw["distill"] = {
+            **raw["distill"],
+            "teacher": str(settings.data_dir / teacher.storage_path),
+            "teacher_arch": teacher.arch,
+        }
+    return DistillConfig.model_validate(raw)
+
+
+def classify_error(exc: BaseException, *, distilling: bool) -> tuple[FailureCode, str]:
+    """Map an exception to a failure code and a readable one-paragraph message."""
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, DivergenceError):
+        return FailureCode.NAN_LOSS, message
+    if isinstance(exc, CheckpointError):
+        return (FailureCode.TEACHER_LOAD if distilling else FailureCode.DATA_ERROR), message
+    if isinstance(exc, DataError):
+        teacherish = distilling and "teacher" in message
+        return (FailureCode.TEACHER_LOAD if teacherish else FailureCode.DATA_ERROR), message
+    if isinstance(exc, ConfigError):
+        teacherish = distilling and "teacher" in message
+        return (FailureCode.TEACHER_LOAD if teacherish else FailureCode.CONFIG_ERROR), message
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return FailureCode.OUT_OF_MEMORY, (
+            f"out of memory: {message.splitlines()[0] if message else ''} "
+            "- lower train.batch_size or data.image_size"
+        ).strip()
+    return FailureCode.INTERNAL, f"{type(exc).__name__}: {message}"
+
+
+class _JobLogHandler(logging.Handler):
+    """Copies engine/worker log records of this job into ``job_logs``."""
+
+    def __init__(self, session_factory: sessionmaker[Session], job_id: str) -> None:
+        super().__init__(level=logging.INFO)
+        self.session_factory = session_factory
+        self.job_id = job_id
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            with self.session_factory() as session:
+                JobRepo(session).log(self.job_id, record.levelname, self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+@contextmanager
+def _job_logging(session_factory: sessionmaker[Session], job_id: str) -> Iterator[None]:
+    handler = _JobLogHandler(session_factory, job_id)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    loggers = [logging.getLogger("bmgkd_core"), logging.getLogger("worker")]
+    old_levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        if lg.getEffectiveLevel() > logging.INFO:
+            lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, old_levels, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _record_artifacts(session: Session, job_id: str, workdir: Path, data_dir: Path) -> None:
+    for name, filename in ARTIFACT_FILES.items():
+        path = workdir / filename
+        if not path.is_file():
+            continue
+        existing = session.query(Artifact).filter_by(job_id=job_id, name=name).one_or_none()
+        if existing is not None:
+            session.delete(existing)
+            session.flush()
+        session.add(
+            Artifact(
+                job_id=job_id,
+                name=name,
+                path=str(path.relative_to(data_dir)),
+                size_bytes=path.stat().st_size,
+                sha256=_sha256(path),
+            )
+        )
+    session.commit()
+
+
+def run(
+    job_id: str,
+    *,
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    worker: str,
+    fit: FitFn | None = None,
+) -> str:
+    """Run one job to a terminal state (or leave it when another worker owns it).
+
+    Returns a short outcome for the task log: ``skipped``, ``succeeded``, ``failed:<CODE>``,
+    ``cancelled`` or ``lost`` (another worker took the job over; this one stopped).
+    """
+    if fit is None:
+        from bmgkd_core import fit as engine_fit
+
+        fit = engine_fit
+    with session_factory() as session:
+        repo = JobRepo(session)
+        job = repo.claim(job_id, worker=worker, stale_after_s=settings.heartbeat_stale_s)
+        if job is None:
+            log.info("job %s: not claimable (finished, cancelled or held elsewhere)", job_id)
+            return "skipped"
+        distilling = job.teacher_id is not None
+        workdir = settings.runs_dir / job_id
+        resuming = (workdir / "resume.pt").is_file()
+        repo.log(
+            job_id,
+            "INFO",
+            f"attempt {job.attempt} on {worker}"
+            + (" - resuming from resume.pt" if resuming else ""),
+        )
+        try:
+            cfg = build_config(session, job, settings)
+        except Exception as exc:
+            code, message = classify_error(exc, distilling=distilling)
+            repo.finish(
+                job_id,
+                worker=worker,
+                status=JobStatus.failed,
+                failure_code=code,
+                failure_message=message,
+            )
+            return f"failed:{code}"
+    return _execute(job_id, cfg, workdir, settings, session_factory, worker, fit, distilling)
+
+
+def _execute(
+    job_id: str,
+    cfg: DistillConfig,
+    workdir: Path,
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    worker: str,
+    fit: FitFn,
+    distilling: bool,
+) -> str:
+    heartbeat = Heartbeat(
+        session_factory, job_id, worker=worker, interval_s=settings.heartbeat_interval_s
+    )
+    callback = DbProgressCallback(
+        session_factory,
+        job_id,
+        worker=worker,
+        heartbeat=heartbeat,
+        interval_s=settings.progress_interval_s,
+    )
+    outcome: tuple[JobStatus, str | None, str | None, dict[str, Any] | None]
+    with heartbeat, _job_logging(session_factory, job_id):
+        try:
+            heartbeat.beat()  # a cancel that arrived between claim and start stops at step 1
+            result = fit(cfg, workdir=workdir, callbacks=[callback])
+            metrics = dict(getattr(result, "metrics", {}) or {})
+            outcome = (
+                JobStatus.succeeded,
+                None,
+                None,
+                {
+                    "metrics": metrics,
+                    "summary": flatten_metrics(metrics),
+                    "steps": getattr(result, "steps", 0),
+                },
+            )
+        except Cancelled as exc:
+            if heartbeat.lost.is_set() and not heartbeat.cancel_requested.is_set():
+                log.warning("job %s: taken over by another worker; stopping here", job_id)
+                return "lost"
+            outcome = (JobStatus.cancelled, FailureCode.CANCELLED, str(exc), None)
+        except Exception as exc:
+            fcode, fmessage = classify_error(exc, distilling=distilling)
+            log.error("job %s failed (%s): %s", job_id, fcode, fmessage)
+            if fcode == FailureCode.INTERNAL:
+                log.error("%s", "".join(traceback.format_exception(exc))[-8000:])
+            outcome = (JobStatus.failed, fcode, fmessage, None)
+    status, code, message, result_doc = outcome
+    with session_factory() as session:
+        if status == JobStatus.succeeded or workdir.is_dir():
+            _record_artifacts(session, job_id, workdir, settings.data_dir)
+        ok = JobRepo(session).finish(
+            job_id,
+            worker=worker,
+            status=status,
+            result=result_doc,
+            failure_code=code,
+            failure_message=message,
+        )
+    if not ok:
+        return "lost"
+    return status.value if code is None or status == JobStatus.cancelled else f"failed:{code}"
