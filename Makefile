@@ -1,11 +1,15 @@
 SHELL := /bin/bash
 DATA ?=
 
-.PHONY: run test lint setup
+.PHONY: run test lint setup demo
 
-# First command: set up and run (see README).
+# First command: set up and run the platform (API + worker + broker + SQLite; see README).
 run:
-	bash scripts/run.sh $(DATA)
+	bash scripts/run.sh
+
+# The engine alone: a small train + eval with the CLI on DATA (default: raccoon or the sample).
+demo:
+	bash scripts/demo.sh $(DATA)
 
 # Second command: set up and run the tests.
 test:

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 __all__ = ["register"]
 
@@ -34,7 +35,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve.set_defaults(handler=_serve)
 
 
-def _session():  # type: ignore[no-untyped-def]
+def _session() -> Session:
     from api.db.base import make_engine, make_session_factory
     from api.db.migrate import upgrade
     from api.settings import get_settings

@@ -38,8 +38,23 @@ def start_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     rdir = data_dir / "redis"
     rdir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [exe, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(rdir),
-         "--appendonly", "yes", "--save", "", "--protected-mode", "yes", "--loglevel", "warning"],
+        [
+            exe,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(rdir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
+            "--loglevel",
+            "warning",
+        ],
         stdout=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 15
@@ -114,15 +129,44 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, data_dir: str | None = N
     try:
         key = _first_key(root)
         py = sys.executable
-        procs.append(subprocess.Popen(
-            [py, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "gpu,cpu",
-             "--concurrency", "1", "--loglevel", "INFO", "--hostname", "embedded@%h"]
-        ))
+        procs.append(
+            subprocess.Popen(
+                [
+                    py,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "worker.celery_app",
+                    "worker",
+                    "-Q",
+                    "gpu,cpu",
+                    "--concurrency",
+                    "1",
+                    "--loglevel",
+                    "INFO",
+                    "--hostname",
+                    "embedded@%h",
+                ]
+            )
+        )
         procs.append(subprocess.Popen([py, "-m", "worker.sweeper"]))
-        procs.append(subprocess.Popen(
-            [py, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", host,
-             "--port", str(port), "--log-level", "warning"]
-        ))
+        procs.append(
+            subprocess.Popen(
+                [
+                    py,
+                    "-m",
+                    "uvicorn",
+                    "--factory",
+                    "api.main:create_app",
+                    "--host",
+                    host,
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                ]
+            )
+        )
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         base = f"http://{shown}:{port}"
         _wait_http(f"{base}/healthz", procs)
@@ -149,11 +193,17 @@ def _supervise(procs: list[subprocess.Popen[bytes]]) -> int:
     while not stopping:
         for p in procs:
             if p.poll() is not None:
-                print(f"bmgkd serve: {p.args[2] if len(p.args) > 2 else p.args[0]} exited "  # type: ignore[index,arg-type]
-                      f"with {p.returncode}; stopping", file=sys.stderr)
+                print(
+                    f"bmgkd serve: {_name(p)} exited with {p.returncode}; stopping", file=sys.stderr
+                )
                 return 1
         time.sleep(0.5)
     return 0
+
+
+def _name(proc: subprocess.Popen[bytes]) -> str:
+    args = [str(a) for a in proc.args] if isinstance(proc.args, list) else [str(proc.args)]
+    return " ".join(args[:4])
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:

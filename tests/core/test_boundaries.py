@@ -58,3 +58,14 @@ def test_data_package_import_does_not_load_torch() -> None:
         "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
     )
     assert _run(code) == "[]"
+
+
+def test_api_app_import_and_build_does_not_load_torch(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "import api.main, api.cli_admin, api.cli_client\n"
+        "from api.settings import Settings\n"
+        f"app = api.main.create_app(Settings(data_dir={str(tmp_path)!r}, broker_url='memory://'))\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'worker') if m in sys.modules))"
+    )
+    assert _run(code) == "[]"
