@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# One image for the whole service: the API (default CMD), the Celery GPU worker and beat.
+# One image for the whole service: the API (default CMD), the Celery workers and the sweeper.
 # docker-compose.yml picks the role with `command:`. Build: `docker build -t bmgkd .`
 #
 # Layers, from least to most often changed:

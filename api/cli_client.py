@@ -143,8 +143,8 @@ class ApiClient:
             Requests go to absolute URLs under it, so an injected client's own ``base_url`` does
             not matter (``TestClient`` answers any host).
         api_key: Sent as ``Authorization: Bearer <key>`` on every request.
-        client: An ``httpx.Client`` to use (tests pass FastAPI's ``TestClient``); it is not
-            closed by :meth:`close`. ``None`` creates one.
+        client: An ``httpx.Client`` to use (tests pass FastAPI's ``TestClient``); it keeps its
+            own timeouts and is not closed by :meth:`close`. ``None`` creates one.
     """
 
     def __init__(self, base_url: str, api_key: str, *, client: httpx.Client | None = None) -> None:
@@ -188,13 +188,9 @@ class ApiClient:
     ) -> httpx.Response:
         """Send a request; raises :class:`ApiError` for a 4xx/5xx answer."""
         headers = {**kwargs.pop("headers", {}), **self._auth}
-        response = self.http.request(
-            method,
-            self.url(path),
-            headers=headers,
-            timeout=timeout if timeout is not None else _TIMEOUT,
-            **kwargs,
-        )
+        if self._owned:  # an injected client keeps its own timeouts
+            kwargs["timeout"] = timeout if timeout is not None else _TIMEOUT
+        response = self.http.request(method, self.url(path), headers=headers, **kwargs)
         if response.is_error:
             raise ApiError.from_response(response)
         return response
@@ -213,7 +209,7 @@ class ApiClient:
     ) -> Iterator[httpx.Response]:
         """A streamed response, open in the ``with`` block; raises :class:`ApiError` on 4xx/5xx."""
         with self.http.stream(
-            method, self.url(path), headers={**(headers or {}), **self._auth}, timeout=_TIMEOUT
+            method, self.url(path), headers={**(headers or {}), **self._auth}
         ) as response:
             if response.is_error:
                 response.read()

@@ -6,6 +6,7 @@ reconnect and unreachable-server paths use ``httpx.MockTransport``.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from collections.abc import Callable
@@ -73,7 +74,12 @@ def _set_job(client: TestClient, job_id: str, **values: Any) -> None:
 
 
 def _add_artifact(
-    client: TestClient, settings: Settings, job_id: str, payload: bytes, *, sha256: str | None = None
+    client: TestClient,
+    settings: Settings,
+    job_id: str,
+    payload: bytes,
+    *,
+    sha256: str | None = None,
 ) -> None:
     rel = f"runs/{job_id}/model.pt"
     (settings.data_dir / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -137,9 +143,9 @@ def test_build_job_body_merges_flags_into_the_config_file(tmp_path: Path) -> Non
     cfg = tmp_path / "job.json"
     cfg.write_text(json.dumps({"model": {"arch": "x"}, "train": {"epochs": 3, "amp": False}}))
     parser_args = _parse(
-        ["submit", "--kind", "distill", "--dataset", "d", "--teacher", "t", "--config", str(cfg)]
-        + ["--arch", ARCH, "--epochs", "5", "--batch-size", "4", "--preset", "fdd"]
-    )
+        ["submit", "--kind", "distill", "--dataset", "d", "--teacher", "t", "--config", str(cfg),
+         "--arch", ARCH, "--epochs", "5", "--batch-size", "4", "--preset", "fdd"]
+    )  # fmt: skip
     body = build_job_body(parser_args)
     assert body == {
         "kind": "distill",
@@ -159,9 +165,7 @@ def test_build_job_body_merges_flags_into_the_config_file(tmp_path: Path) -> Non
     assert build_job_body(eval_args)["config"] == {"image_size": 320}
 
 
-def _parse(argv: list[str]) -> Any:
-    import argparse
-
+def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bmgkd")
     register(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(argv)
@@ -180,7 +184,13 @@ def test_submit_rejects_flags_and_files_it_cannot_use(
 
 def test_api_error_lists_issues_capped(capsys: pytest.CaptureFixture[str]) -> None:
     issues = [
-        {"severity": "error", "code": "BAD_BOX", "file": "a.json", "record": f"ann {i}", "message": "x"}
+        {
+            "severity": "error",
+            "code": "BAD_BOX",
+            "file": "a.json",
+            "record": f"ann {i}",
+            "message": "x",
+        }
         for i in range(25)
     ]
     response = httpx.Response(
@@ -375,7 +385,18 @@ def test_watch_gives_up_after_a_few_reconnects(capsys: pytest.CaptureFixture[str
 
 
 def test_sse_parser_and_progress_line() -> None:
-    lines = ["retry: 2000", "", ": comment", "id: 4", "event: x", "data: a", "data: b", "", "data: c", ""]
+    lines = [
+        "retry: 2000",
+        "",
+        ": comment",
+        "id: 4",
+        "event: x",
+        "data: a",
+        "data: b",
+        "",
+        "data: c",
+        "",
+    ]
     events = list(iter_sse(lines))
     assert [(e.event, e.data, e.id) for e in events] == [("x", "a\nb", "4"), ("message", "c", "4")]
     view = _WatchView("j", tty=True, status="running", progress=0.25, step=1, total_steps=4)
@@ -426,7 +447,9 @@ def test_download_missing_artifact_exits_2(
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     job_id = _submit_train(client, alice, dataset_id)
-    assert cli("download", job_id, "--out", str(tmp_path)) == 2
+    out = tmp_path / "dl"
+    out.mkdir()
+    assert cli("download", job_id, "--out", str(out)) == 2
     err = capsys.readouterr().err
     assert f"bmgkd download: error: 404 job {job_id} has no artifact 'model.pt'" in err
-    assert list(tmp_path.iterdir()) == []
+    assert list(out.iterdir()) == []

@@ -1,0 +1,473 @@
+"""Latency and throughput of `POST /api/v1/jobs` and `GET /api/v1/jobs/{id}` under N clients.
+
+Starts the real service itself: a fresh PostgreSQL schema (or a SQLite file), a user from
+`bmgkd admin create-user`, and a `uvicorn --factory api.main:create_app` process on a free
+loopback port, with unique Celery queue names so no worker consumes the submitted jobs. It uploads
+one tiny synthetic dataset, warms up, then runs two closed-loop phases with `--clients` asyncio
+clients (one keep-alive connection each), every client sending `--requests` requests back to back:
+phase 1 submits train jobs, phase 2 reads the jobs phase 1 created. Reports p50/p90/p99/max
+latency, requests/s and errors per phase, checks submit p99 against the product goal (< 50 ms at
+50 clients; a MISS is reported, not an exit status), writes JSON + Markdown to bench/results/, and
+always stops uvicorn, drops the schema and deletes its Redis queue keys.
+
+    python bench/api_load.py --db postgres --clients 50 --requests 20
+    python bench/api_load.py --db sqlite --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from sqlalchemy import create_engine, text
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+BIN = Path(sys.executable).parent
+PG_URL = os.environ.get("BMGKD_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("BMGKD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+GOAL_P99_MS = 50.0
+GOAL_CLIENTS = 50
+MAX_ERRORS_SHOWN = 10
+
+sys.path.insert(0, str(REPO))  # tests/synth.py: the synthetic COCO writer the test-suite uses
+from tests.synth import make_coco_dataset  # noqa: E402
+
+
+def job_body(dataset_id: str, n: int) -> dict[str, Any]:
+    return {
+        "kind": "train",
+        "dataset_id": dataset_id,
+        "name": f"bench-{n}",
+        "config": {
+            "model": {"arch": "retinanet_resnet18_fpn"},
+            "data": {"image_size": 64},
+            "train": {"max_steps": 2, "device": "cpu"},
+        },
+    }
+
+
+@dataclass
+class Phase:
+    """One timed phase: per-request latencies (s), wall time (s) and the failed requests."""
+
+    name: str
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def record(self, t0: float, response: httpx.Response | None, exc: Exception | None) -> None:
+        self.latencies.append(time.perf_counter() - t0)
+        if exc is not None:
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+        elif response is not None and not 200 <= response.status_code < 300:
+            self.errors.append(f"HTTP {response.status_code}: {response.text[:200]}")
+
+    def summary(self) -> dict[str, Any]:
+        ms = sorted(x * 1000 for x in self.latencies)
+        return {
+            "requests": len(ms),
+            "errors": len(self.errors),
+            "p50_ms": percentile(ms, 50),
+            "p90_ms": percentile(ms, 90),
+            "p99_ms": percentile(ms, 99),
+            "max_ms": ms[-1] if ms else float("nan"),
+            "mean_ms": sum(ms) / len(ms) if ms else float("nan"),
+            "requests_per_s": len(ms) / self.wall_s if self.wall_s else float("nan"),
+            "wall_s": self.wall_s,
+            "first_errors": self.errors[:MAX_ERRORS_SHOWN],
+        }
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default) of an already sorted list."""
+    if not sorted_values:
+        return float("nan")
+    pos = (len(sorted_values) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+async def _submit(
+    client: httpx.AsyncClient, body: dict[str, Any], phase: Phase | None
+) -> str | None:
+    t0 = time.perf_counter()
+    response, exc = None, None
+    try:
+        response = await client.post("/api/v1/jobs", json=body)
+    except httpx.HTTPError as e:
+        exc = e
+    if phase is not None:
+        phase.record(t0, response, exc)
+    if response is not None and response.status_code == 201:
+        return str(response.json()["id"])
+    return None
+
+
+async def _read(client: httpx.AsyncClient, job_id: str, phase: Phase | None) -> None:
+    t0 = time.perf_counter()
+    response, exc = None, None
+    try:
+        response = await client.get(f"/api/v1/jobs/{job_id}")
+    except httpx.HTTPError as e:
+        exc = e
+    if phase is not None:
+        phase.record(t0, response, exc)
+
+
+async def run_load(
+    url: str, key: str, dataset_id: str, args: argparse.Namespace
+) -> tuple[Phase, Phase, int]:
+    """Warm-up, then the submit phase, then the read phase; returns both phases and job count."""
+    limits = httpx.Limits(
+        max_connections=args.clients, max_keepalive_connections=args.clients, keepalive_expiry=None
+    )
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, limits=limits, timeout=args.timeout
+    ) as client:
+        counter = iter(range(10**9))
+        # Warm-up: every client opens its connection and runs submit + read, untimed.
+        warm_ids: list[str] = []
+
+        async def warm_client() -> None:
+            for _ in range(args.warmup):
+                job_id = await _submit(client, job_body(dataset_id, next(counter)), None)
+                if job_id:
+                    warm_ids.append(job_id)
+                    await _read(client, job_id, None)
+
+        await asyncio.gather(*(warm_client() for _ in range(args.clients)))
+
+        submit = Phase("submit")
+        per_client: list[list[str]] = [[] for _ in range(args.clients)]
+
+        async def submit_client(i: int) -> None:
+            for _ in range(args.requests):
+                job_id = await _submit(client, job_body(dataset_id, next(counter)), submit)
+                if job_id:
+                    per_client[i].append(job_id)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(submit_client(i) for i in range(args.clients)))
+        submit.wall_s = time.perf_counter() - t0
+
+        created = [j for ids in per_client for j in ids] or warm_ids
+        read = Phase("read")
+
+        async def read_client(i: int) -> None:
+            # Client i reads other clients' jobs (offset by one), so no read hits a row the same
+            # connection just wrote; cycles when some submits failed.
+            for n in range(args.requests):
+                await _read(client, created[(i + 1 + n * args.clients) % len(created)], read)
+
+        if created:
+            t0 = time.perf_counter()
+            await asyncio.gather(*(read_client(i) for i in range(args.clients)))
+            read.wall_s = time.perf_counter() - t0
+    return submit, read, len(created) + len(warm_ids)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def zip_dataset(root: Path) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                zf.write(path, f"{root.name}/{path.relative_to(root).as_posix()}")
+    return buf.getvalue()
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"uvicorn exited with {proc.returncode} before /readyz")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url}/readyz not ready after {timeout_s}s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM uvicorn's process group (workers included), SIGKILL after 15 s."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+
+
+def machine_info(db_url: str, broker: str) -> dict[str, Any]:
+    def ver(pkg: str) -> str | None:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return None
+
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **{
+            pkg: ver(pkg)
+            for pkg in ("fastapi", "uvicorn", "sqlalchemy", "httpx", "psycopg", "celery", "kombu")
+        },
+        "uvloop": ver("uvloop"),
+        "httptools": ver("httptools"),
+    }
+    try:
+        info["redis_server"] = redis.Redis.from_url(broker).info("server").get("redis_version")
+    except redis.RedisError:
+        info["redis_server"] = None
+    if db_url.startswith("postgresql"):
+        engine = create_engine(db_url)
+        with engine.connect() as conn:
+            info["postgres_server"] = conn.execute(text("SHOW server_version")).scalar_one()
+        engine.dispose()
+    return info
+
+
+def cleanup_redis(broker: str, tag: str) -> int:
+    """Delete the bench's queue lists and kombu's binding sets (every key naming ``tag``)."""
+    if not broker.startswith(("redis://", "rediss://")):
+        return 0
+    client = redis.Redis.from_url(broker)
+    try:
+        keys = list(client.scan_iter(match=f"*{tag}*", count=1000))
+        return int(client.delete(*keys)) if keys else 0
+    finally:
+        client.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--db", choices=("postgres", "sqlite"), default="postgres")
+    p.add_argument("--pg-url", default=PG_URL, help="server for --db postgres (fresh schema)")
+    p.add_argument("--broker", default=REDIS_URL, help="BMGKD_BROKER_URL (unique queue names)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.add_argument("--clients", type=int, default=GOAL_CLIENTS, help="concurrent clients")
+    p.add_argument("--requests", type=int, default=20, help="timed requests per client and phase")
+    p.add_argument(
+        "--warmup", type=int, default=2, help="untimed submit+read pairs per client first"
+    )
+    p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (s)")
+    p.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="uvicorn access log (on in production; written to a temp file)",
+    )
+    p.add_argument("--tag", default=None, help="results file name (default: api_load_<db>)")
+    args = p.parse_args()
+    result = run(args)
+    _write(result, args.tag or f"api_load_{args.db}")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    tag = f"bench-{uuid.uuid4().hex[:10]}"
+    schema = tag.replace("-", "_")
+    tmp = Path(tempfile.mkdtemp(prefix="bmgkd-api-load-"))
+    data_dir = tmp / "data"
+    admin_engine = None
+    proc: subprocess.Popen[bytes] | None = None
+    log_path = tmp / "uvicorn.log"
+    try:
+        if args.db == "postgres":
+            admin_engine = create_engine(args.pg_url)
+            with admin_engine.begin() as conn:
+                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+            sep = "&" if "?" in args.pg_url else "?"
+            db_url = f"{args.pg_url}{sep}options=-csearch_path%3D{schema}"
+        else:
+            db_url = f"sqlite:///{data_dir / 'bmgkd.db'}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BMGKD_")}
+        env.update(
+            {
+                "BMGKD_DATABASE_URL": db_url,
+                "BMGKD_BROKER_URL": args.broker,
+                "BMGKD_DATA_DIR": str(data_dir),
+                "BMGKD_GPU_QUEUE": f"{tag}-gpu",
+                "BMGKD_CPU_QUEUE": f"{tag}-cpu",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        # Also applies the migrations, so the uvicorn workers' start-up upgrade is a no-op.
+        key = subprocess.run(
+            [str(BIN / "bmgkd"), "admin", "create-user", "bench"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout.strip()
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "api.main:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+            "--log-level",
+            "warning" if not args.access_log else "info",
+        ]
+        if not args.access_log:
+            cmd.append("--no-access-log")
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        wait_ready(url, proc)
+        ds_root = make_coco_dataset(tmp / "synth", n_train=4, n_val=2, size=(64, 64))
+        r = httpx.post(
+            f"{url}/api/v1/datasets",
+            headers={"Authorization": f"Bearer {key}"},
+            files={"file": ("synth.zip", zip_dataset(ds_root), "application/zip")},
+            timeout=120,
+        )
+        if r.status_code != 201:
+            raise RuntimeError(f"dataset upload failed: HTTP {r.status_code}: {r.text[:500]}")
+        dataset_id = str(r.json()["id"])
+        print(
+            f"uvicorn ({args.workers} worker(s)) on {url}, db {args.db}, {args.clients} clients "
+            f"x {args.requests} requests per phase (+{args.warmup} warm-up pairs each)",
+            flush=True,
+        )
+        submit, read, n_jobs = asyncio.run(run_load(url, key, dataset_id, args))
+        if proc.poll() is not None:
+            raise RuntimeError(f"uvicorn died during the run (exit {proc.returncode})")
+        for phase in (submit, read):
+            for err in phase.errors[:MAX_ERRORS_SHOWN]:
+                print(f"  {phase.name} error: {err}")
+            if len(phase.errors) > MAX_ERRORS_SHOWN:
+                print(f"  {phase.name}: {len(phase.errors) - MAX_ERRORS_SHOWN} more errors")
+        return {
+            "command": shlex.join(["python", *sys.argv]),
+            "db": args.db,
+            "uvicorn_workers": args.workers,
+            "clients": args.clients,
+            "requests_per_client": args.requests,
+            "warmup_pairs_per_client": args.warmup,
+            "access_log": args.access_log,
+            "jobs_created": n_jobs,
+            "phases": {"submit": submit.summary(), "read": read.summary()},
+            "goal": {
+                "submit_p99_ms_below": GOAL_P99_MS,
+                "at_clients": GOAL_CLIENTS,
+                "met": submit.summary()["p99_ms"] < GOAL_P99_MS and not submit.errors,
+            },
+            "machine": machine_info(db_url, args.broker),
+        }
+    except BaseException:
+        if log_path.is_file():
+            print(f"---- uvicorn log (tail)\n{log_path.read_text(errors='replace')[-3000:]}")
+        raise
+    finally:
+        if proc is not None:
+            stop(proc)
+        if admin_engine is not None:
+            with admin_engine.begin() as conn:
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            admin_engine.dispose()
+        deleted = cleanup_redis(args.broker, tag)
+        print(f"cleanup: uvicorn stopped, schema dropped, {deleted} redis key(s) deleted")
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+
+
+def _row(name: str, s: dict[str, Any]) -> str:
+    return (
+        f"| {name} | {s['p50_ms']:.1f} | {s['p90_ms']:.1f} | {s['p99_ms']:.1f} | "
+        f"{s['max_ms']:.1f} | {s['requests_per_s']:.0f} | {s['errors']}/{s['requests']} |"
+    )
+
+
+def _write(result: dict[str, Any], tag: str) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    m = result["machine"]
+    p99 = result["phases"]["submit"]["p99_ms"]
+    verdict = "PASS" if result["goal"]["met"] else "MISS"
+    goal = (
+        f"goal: submit p99 < {GOAL_P99_MS:.0f} ms at {GOAL_CLIENTS} clients: **{verdict}** "
+        f"({p99:.1f} ms at {result['clients']} clients)"
+    )
+    header = [
+        "| endpoint | p50 ms | p90 ms | p99 ms | max ms | req/s | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = [
+        _row("`POST /api/v1/jobs`", result["phases"]["submit"]),
+        _row("`GET /api/v1/jobs/{id}`", result["phases"]["read"]),
+    ]
+    db = result["db"] + (f" {m['postgres_server']}" if m.get("postgres_server") else "")
+    md = [
+        f"{result['clients']} concurrent clients x {result['requests_per_client']} sequential "
+        f"requests each, keep-alive, loopback; {db}, Redis {m.get('redis_server')} broker, "
+        f"{result['uvicorn_workers']} uvicorn worker(s), access log "
+        f"{'on' if result['access_log'] else 'off'}.",
+        "",
+        *header,
+        *rows,
+        "",
+        goal,
+        "",
+        f"Load generator (one asyncio process, httpx) and server share one {m['cpu_count']}-core "
+        f"machine, so the numbers are a lower bound on the server alone. Python {m['python']}, "
+        f"fastapi {m['fastapi']}, uvicorn {m['uvicorn']}, sqlalchemy {m['sqlalchemy']}; "
+        f"{m['date']}.",
+        "",
+        "```",
+        result["command"],
+        "```",
+    ]
+    (RESULTS / f"{tag}.md").write_text("\n".join(md) + "\n")
+    print("\n".join([*header, *rows]))
+    print(goal.replace("**", ""))
+    print(f"wrote {RESULTS / tag}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
