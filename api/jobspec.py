@@ -54,7 +54,11 @@ def build_job_config(
         JobSpecError: naming the field at fault (``config.model.arch`` etc.).
     """
     if req.kind == JobKind.eval:
+        if req.teacher_id is not None:
+            raise JobSpecError("teacher_id", "an eval job has no teacher")
         return _eval_config(req, dataset, source)
+    if req.source_job_id is not None:
+        raise JobSpecError("source_job_id", f"only eval jobs take a source job, not {req.kind}")
     if req.kind == JobKind.train and req.teacher_id is not None:
         raise JobSpecError("teacher_id", "a train job has no teacher; use kind 'distill'")
     if req.kind == JobKind.distill and teacher is None:

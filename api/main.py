@@ -52,7 +52,7 @@ def create_app(
     app.state.settings = settings
     app.state.session_factory = make_session_factory(engine)
     app.state.queue = queue if queue is not None else CeleryQueue(settings)
-    registry = CollectorRegistry(auto_describe=True)
+    registry = CollectorRegistry()
     registry.register(health.JobCollector(app.state.session_factory, app.state.queue, settings))
     app.state.metrics_registry = registry
     app.dependency_overrides[get_settings] = lambda: settings

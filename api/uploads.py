@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fastapi import HTTPException, UploadFile
 
-__all__ = ["save_upload", "staging_dir"]
+__all__ = ["clean_name", "save_upload", "scrub_paths", "staging_dir"]
 
 _CHUNK = 1 << 20
 
@@ -48,3 +48,22 @@ def save_upload(upload: UploadFile, dest: Path, *, field: str, max_bytes: int) -
     if size == 0:
         raise HTTPException(422, {"field": field, "message": f"{field}: the file is empty"})
     return size, h.hexdigest()
+
+
+def clean_name(raw: str | None, fallback: str) -> str:
+    """A display name: control characters dropped, at most 200 characters, never empty."""
+    text = "".join(ch for ch in (raw or "") if ch.isprintable()).strip()[:200]
+    return text or fallback
+
+
+def scrub_paths(obj: object, roots: list[Path]) -> object:
+    """Replace server paths (the staging directories) in messages by nothing / the file name."""
+    if isinstance(obj, str):
+        for root in roots:
+            obj = obj.replace(str(root) + "/", "").replace(str(root), ".")
+        return obj
+    if isinstance(obj, list):
+        return [scrub_paths(v, roots) for v in obj]
+    if isinstance(obj, dict):
+        return {k: scrub_paths(v, roots) for k, v in obj.items()}
+    return obj

@@ -95,7 +95,7 @@ class OptimConfig(_Strict):
     lr: float = Field(default=0.01, gt=0.0, le=10.0)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(default=1e-4, ge=0.0, le=1.0)
-    warmup_steps: int = Field(default=500, ge=0)
+    warmup_steps: int = Field(default=500, ge=0, le=100_000_000)
     warmup_ratio: float = Field(default=0.001, gt=0.0, le=1.0)
     scheduler: Literal["step", "cosine", "constant"] = "step"
     milestones: tuple[float, ...] = (8 / 12, 11 / 12)
@@ -114,16 +114,16 @@ class OptimConfig(_Strict):
 class TrainConfig(_Strict):
     """Loop settings: length, batch, device, precision, seed and evaluation cadence."""
 
-    epochs: int = Field(default=12, ge=1)
-    max_steps: int | None = Field(default=None, ge=1)
+    epochs: int = Field(default=12, ge=1, le=100_000)
+    max_steps: int | None = Field(default=None, ge=1, le=100_000_000)
     batch_size: int = Field(default=2, ge=1, le=1024)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
-    seed: int = 0
-    eval_every_epochs: int = Field(default=1, ge=0)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    eval_every_epochs: int = Field(default=1, ge=0, le=100_000)
     final_eval: bool = True
-    checkpoint_every_steps: int | None = Field(default=None, ge=1)
-    log_every_steps: int = Field(default=1, ge=1)
+    checkpoint_every_steps: int | None = Field(default=None, ge=1, le=100_000_000)
+    log_every_steps: int = Field(default=1, ge=1, le=100_000_000)
 
 
 Preset = Literal["bmgkd", "fdd", "rdd", "none", "logit_kd", "pkd"]

@@ -16,7 +16,7 @@ from api.archive import ArchiveError, ArchiveLimits, content_hash, extract_archi
 from api.db.models import Dataset, Job
 from api.deps import CurrentUser, SessionDep, SettingsDep, get_owned, unprocessable
 from api.schemas import DatasetDetail, DatasetRead
-from api.uploads import save_upload, staging_dir
+from api.uploads import clean_name, save_upload, scrub_paths, staging_dir
 from bmgkd_core.data.validate import validate_dataset
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -59,13 +59,19 @@ def upload_dataset(
             raise unprocessable("file", str(exc), member=exc.member) from exc
         archive.unlink()
         report = validate_dataset(extracted.root, format=format)
+        roots = [extracted.root.resolve(), extracted.root, tmp.resolve(), tmp]
         if not report.ok:
             doc = report.to_dict(max_issues=_MAX_ISSUES)
             raise unprocessable(
                 "file",
-                f"the dataset has {doc['num_errors']} error(s); first: "
-                f"{report.errors[0].format_line()}",
-                issues=doc["issues"],
+                str(
+                    scrub_paths(
+                        f"the dataset has {doc['num_errors']} error(s); first: "
+                        f"{report.errors[0].format_line()}",
+                        roots,
+                    )
+                ),
+                issues=scrub_paths(doc["issues"], roots),
                 num_errors=doc["num_errors"],
                 truncated=doc["truncated"],
             )
@@ -87,14 +93,14 @@ def upload_dataset(
         )
         dataset = Dataset(
             user_id=user.id,
-            name=name or Path(file.filename or "dataset").name.split(".")[0] or "dataset",
+            name=clean_name(name or Path(file.filename or "").name.split(".")[0], "dataset"),
             format=report.format or "coco",
             content_hash=digest,
             storage_path=storage,
             num_images=sum(c["images"] for c in report.splits.values()),
             num_boxes=sum(c["boxes"] for c in report.splits.values()),
             class_names=list(class_counts),
-            stats={**doc, "train": train},
+            stats=scrub_paths({**doc, "train": train}, roots),
             size_bytes=extracted.total_bytes,
         )
         session.add(dataset)

@@ -20,7 +20,7 @@ from api.schemas import ArtifactRead, JobRead, LogLine, LogPage, MetricsSeries, 
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-_NAME_RE = r"^[A-Za-z0-9_.\-]{1,100}$"
+MAX_ID = 2**63 - 1  # BIGINT
 
 
 def _series(session: Session, job_id: str, after_id: int, names: list[str] | None) -> MetricsSeries:
@@ -45,7 +45,9 @@ def job_metrics(
     user: CurrentUser,
     session: SessionDep,
     name: Annotated[list[str] | None, Query(description="only these series")] = None,
-    after_id: Annotated[int, Query(ge=0, description="only points newer than this id")] = 0,
+    after_id: Annotated[
+        int, Query(ge=0, le=MAX_ID, description="only points newer than this id")
+    ] = 0,
 ) -> MetricsSeries:
     """Series for charts: ``{name: {steps, values}}``; poll with ``after_id=last_id``."""
     get_owned(session, Job, job_id, user)
@@ -57,7 +59,7 @@ def job_logs(
     job_id: str,
     user: CurrentUser,
     session: SessionDep,
-    after_id: Annotated[int, Query(ge=0)] = 0,
+    after_id: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> LogPage:
     get_owned(session, Job, job_id, user)
@@ -178,7 +180,7 @@ def job_events(
     with ``Last-Event-ID`` continues after the metric points already received."""
     get_owned(session, Job, job_id, user)
     try:
-        after_id = max(int(last_event_id or 0), 0)
+        after_id = min(max(int(last_event_id or 0), 0), MAX_ID)
     except ValueError:
         after_id = 0
     stream = _event_stream(

@@ -13,7 +13,7 @@ from api.db.models import Job, Teacher
 from api.deps import CurrentUser, SessionDep, SettingsDep, get_owned, unprocessable
 from api.schemas import TeacherRead
 from api.teacher_check import TeacherCheckError, check_teacher_file
-from api.uploads import save_upload, staging_dir
+from api.uploads import clean_name, save_upload, staging_dir
 from bmgkd_core.config import ARCHITECTURES
 
 router = APIRouter(prefix="/teachers", tags=["teachers"])
@@ -73,10 +73,10 @@ def upload_teacher(
         created = not final.exists()
         if created:
             os.replace(path, final)
-        report = {**check.report, "path": file.filename or "teacher.pt"}
+        report = {**check.report, "path": clean_name(file.filename, "teacher.pt")}
         teacher = Teacher(
             user_id=user.id,
-            name=name or (file.filename or "teacher"),
+            name=clean_name(name or file.filename, "teacher"),
             arch=check.arch,
             class_names=check.class_names,
             sha256=digest,

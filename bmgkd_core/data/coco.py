@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bmgkd_core.data.records import LabelMap, make_array_record
+from bmgkd_core.data.records import LabelMap, make_array_record, unsafe_relative_path
 from bmgkd_core.data.validate import IssueSink, ParsedSplit, check_box
 
 __all__ = ["list_coco_splits", "parse_coco_split"]
@@ -83,6 +83,9 @@ def _read_json(path: Path, rel: str, sink: IssueSink) -> dict[str, list[Any]] | 
     except (UnicodeDecodeError, OSError) as exc:
         sink.error("file-unreadable", rel, "", f"cannot read the file: {exc}")
         return None
+    except RecursionError:
+        sink.error("json-syntax", rel, "", "invalid JSON: nested too deeply")
+        return None
     if not isinstance(data, dict):
         sink.error(
             "json-shape",
@@ -109,7 +112,12 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float range
+        return False
 
 
 def _is_size(value: Any) -> bool:
@@ -156,6 +164,10 @@ def _parse_images(root: Path, items: list[Any], rel: str, sink: IssueSink) -> di
         if bad:
             got = {k: img.get(k) for k in bad}
             sink.error("json-shape", rel, record, f"missing or invalid keys {got}")
+            continue
+        unsafe = unsafe_relative_path(img["file_name"])
+        if unsafe:
+            sink.error("json-shape", rel, record, f"file_name {unsafe}")
             continue
         if img["id"] in images:
             first = images[img["id"]].record

@@ -185,3 +185,18 @@ def detect_format(root: Path) -> DatasetFormat:
         "annotations/{train,val}.json) or Pascal VOC (JPEGImages/, Annotations/*.xml and "
         f"ImageSets/Main/{{train,val}}.txt); found {found}"
     )
+
+
+def unsafe_relative_path(name: str) -> str | None:
+    """Why ``name`` may not be used as a path inside the dataset, or ``None`` when it is fine.
+
+    Annotation files name their images; a name that is absolute or climbs out with ``..`` would
+    let an uploaded dataset read (or probe for) files elsewhere on the server.
+    """
+    if "\x00" in name:
+        return "contains a NUL byte"
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "is an absolute path"
+    if ".." in name.replace("\\", "/").split("/"):
+        return "climbs out of the dataset with '..'"
+    return None

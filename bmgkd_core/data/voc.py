@@ -22,6 +22,7 @@ from bmgkd_core.data.records import (
     LabelMap,
     make_array_record,
     read_image_size,
+    unsafe_relative_path,
 )
 from bmgkd_core.data.validate import IssueSink, ParsedSplit, check_box
 from bmgkd_core.errors import DataError
@@ -186,7 +187,7 @@ def _parse_object(obj: ET.Element, index: int, xml_rel: str, sink: IssueSink) ->
 
 
 def _find_image(root: Path, stem: str, doc: _VocDoc) -> str | None:
-    candidates = [doc.filename] if doc.filename else []
+    candidates = [doc.filename] if doc.filename and not unsafe_relative_path(doc.filename) else []
     candidates += [stem + suffix for suffix in _IMAGE_SUFFIXES]
     return next((c for c in candidates if (root / "JPEGImages" / c).is_file()), None)
 
@@ -195,6 +196,10 @@ def _to_record(
     root: Path, xml_rel: str, doc: _VocDoc, image_id: int, label_map: LabelMap, sink: IssueSink
 ) -> ArrayRecord | None:
     stem = Path(xml_rel).stem
+    unsafe = unsafe_relative_path(doc.filename) if doc.filename else None
+    if unsafe:
+        sink.error("xml-shape", xml_rel, "filename", f"<filename> {unsafe}")
+        return None
     file_name = _find_image(root, stem, doc)
     if file_name is None:
         wanted = doc.filename or f"{stem}.jpg"

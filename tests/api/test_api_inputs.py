@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+import api.routes.teachers
 from api.db.models import Artifact
 from api.db.repo import JobRepo
 from api.queue import FakeQueue
@@ -117,7 +118,7 @@ def _zip_members(members: dict[str, bytes]) -> bytes:
 
 def _edit_train_json(root: Path, edit: Any) -> dict[str, Any]:
     path = root / "annotations" / "train.json"
-    data = json.loads(path.read_text())
+    data: dict[str, Any] = json.loads(path.read_text())
     edit(data)
     path.write_text(json.dumps(data))
     return data
@@ -136,9 +137,7 @@ def _claim(client: TestClient, job_id: str) -> None:
     ("method", "path"),
     [("GET", "/api/v1/datasets"), ("GET", "/api/v1/jobs"), ("POST", "/api/v1/jobs")],
 )
-@pytest.mark.parametrize(
-    "auth", [None, "Basic YWxpY2U6c2VjcmV0"], ids=["no-header", "not-bearer"]
-)
+@pytest.mark.parametrize("auth", [None, "Basic YWxpY2U6c2VjcmV0"], ids=["no-header", "not-bearer"])
 def test_auth_missing_key_returns_401_naming_header(
     client: TestClient, method: str, path: str, auth: str | None
 ) -> None:
@@ -167,9 +166,7 @@ def test_readyz_db_and_broker_up_returns_200(client: TestClient) -> None:
     assert r.json() == {"status": "ok", "database": "ok", "broker": "ok"}
 
 
-def test_readyz_broker_down_returns_503_naming_broker(
-    client: TestClient, queue: FakeQueue
-) -> None:
+def test_readyz_broker_down_returns_503_naming_broker(client: TestClient, queue: FakeQueue) -> None:
     queue.fail = True
     r = client.get("/readyz")
     assert r.status_code == 503
@@ -276,11 +273,6 @@ def test_dataset_upload_bad_form_field_returns_422_naming_field(
     _assert_nothing_kept(client, alice, settings, before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: bmgkd_core/data/coco.py _is_number calls math.isfinite on an int beyond float "
-    "range -> OverflowError -> 500",
-)
 def test_dataset_upload_bbox_int_beyond_float_returns_422_naming_record(
     client: TestClient, alice: Headers, settings: Settings, tiny_coco_copy: Path
 ) -> None:
@@ -296,11 +288,6 @@ def test_dataset_upload_bbox_int_beyond_float_returns_422_naming_record(
     _assert_nothing_kept(client, alice, settings, before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: bmgkd_core/data/validate.py _check_images: Path.relative_to raises ValueError "
-    "for an absolute images[].file_name -> 500",
-)
 def test_dataset_upload_absolute_image_path_returns_422_naming_record(
     client: TestClient, alice: Headers, settings: Settings, tiny_coco_copy: Path
 ) -> None:
@@ -316,11 +303,6 @@ def test_dataset_upload_absolute_image_path_returns_422_naming_record(
     _assert_nothing_kept(client, alice, settings, before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: images[].file_name with '../' is resolved outside the upload (server files are "
-    "opened, and a readable image there is accepted with 201)",
-)
 def test_dataset_upload_image_path_outside_archive_returns_422_naming_record(
     client: TestClient, alice: Headers, settings: Settings, tiny_coco_copy: Path
 ) -> None:
@@ -339,11 +321,6 @@ def test_dataset_upload_image_path_outside_archive_returns_422_naming_record(
     _assert_nothing_kept(client, alice, settings, before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: bmgkd_core/data/coco.py _read_json does not catch RecursionError from json.loads "
-    "on deeply nested JSON -> 500",
-)
 def test_dataset_upload_deeply_nested_json_returns_422_naming_file(
     client: TestClient, alice: Headers, settings: Settings, tiny_coco_copy: Path
 ) -> None:
@@ -356,11 +333,6 @@ def test_dataset_upload_deeply_nested_json_returns_422_naming_file(
     _assert_nothing_kept(client, alice, settings, before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the 'cannot detect the dataset layout' message contains the server's absolute "
-    "staging path (data_dir/tmp/upload-*/x)",
-)
 def test_dataset_upload_unknown_layout_returns_422_without_server_paths(
     client: TestClient, alice: Headers, settings: Settings
 ) -> None:
@@ -591,6 +563,16 @@ def test_job_create_bad_request_fields_returns_422_naming_field(
     assert queue.sent == []
 
 
+def test_job_create_train_with_source_job_id_returns_422_naming_source_job_id(
+    client: TestClient, alice: Headers, dataset_id: str, queue: FakeQueue
+) -> None:
+    source = _job_id(client, alice, dataset_id)
+    r = _create_job(client, alice, dataset_id, source_job_id=source)
+    assert r.status_code == 422, r.text
+    assert _detail(r)["field"] == "source_job_id"
+    assert len(queue.sent) == 1
+
+
 def test_job_create_eval_of_unfinished_job_returns_422_naming_source_job_id(
     client: TestClient, alice: Headers, dataset_id: str
 ) -> None:
@@ -604,7 +586,9 @@ def test_job_create_eval_of_unfinished_job_returns_422_naming_source_job_id(
 # --- job submission: accepted ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("device", "queue_name"), [("cpu", "cpu"), ("auto", "gpu"), ("cuda", "gpu")])
+@pytest.mark.parametrize(
+    ("device", "queue_name"), [("cpu", "cpu"), ("auto", "gpu"), ("cuda", "gpu")]
+)
 def test_job_create_valid_returns_201_and_enqueues_by_device(
     client: TestClient,
     alice: Headers,
@@ -613,7 +597,9 @@ def test_job_create_valid_returns_201_and_enqueues_by_device(
     device: str,
     queue_name: str,
 ) -> None:
-    r = _create_job(client, alice, dataset_id, config={"model": {"arch": ARCH}, "train": {"device": device}})
+    r = _create_job(
+        client, alice, dataset_id, config={"model": {"arch": ARCH}, "train": {"device": device}}
+    )
     assert r.status_code == 201, r.text
     job = r.json()
     assert job["status"] == "queued"
@@ -744,11 +730,6 @@ def test_job_delete_cancelled_returns_204_and_removes_run_folder(
 
 
 @pytest.mark.parametrize("endpoint", ["metrics", "logs"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: api/routes/job_data.py after_id has no upper bound; > 2**63-1 reaches the DB "
-    "driver -> OverflowError -> 500",
-)
 def test_job_data_after_id_beyond_int64_returns_422_naming_after_id(
     client: TestClient, alice: Headers, alice_job: str, endpoint: str
 ) -> None:
@@ -759,11 +740,6 @@ def test_job_data_after_id_beyond_int64_returns_422_naming_after_id(
     assert _detail(r)["field"] == "query.after_id"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: api/routes/job_data.py job_events passes Last-Event-ID > 2**63-1 to the DB "
-    "query inside the stream -> OverflowError mid-response",
-)
 def test_job_events_last_event_id_beyond_int64_streams_to_end(
     client: TestClient, alice: Headers, alice_job: str
 ) -> None:
@@ -911,12 +887,10 @@ def test_teacher_upload_bad_form_field_returns_422_without_subprocess(
     field: str,
     mentions: str,
 ) -> None:
-    import api.teacher_check
+    def no_check(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the checker (a child process) must not run for a bad form field")
 
-    def no_subprocess(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("the checker subprocess must not run for a bad form field")
-
-    monkeypatch.setattr(api.teacher_check.subprocess, "run", no_subprocess)
+    monkeypatch.setattr(api.routes.teachers, "check_teacher_file", no_check)
     before = _stored(client, alice, settings)
     r = _upload_teacher(client, alice, b"not read", **form)
     assert r.status_code == 422
