@@ -11,14 +11,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from api.db.base import make_engine, make_session_factory
 from api.db.migrate import upgrade
 from api.queue import CeleryQueue, TaskQueue
-from api.routes import datasets, health, job_data, jobs, teachers
+from api.routes import datasets, health, job_data, jobs, pages, teachers, viewer
 from api.settings import Settings, get_settings
 
 __all__ = ["API_PREFIX", "create_app"]
@@ -57,14 +58,14 @@ def create_app(
     app.state.metrics_registry = registry
     app.dependency_overrides[get_settings] = lambda: settings
     api = APIRouter(prefix=API_PREFIX)
-    for module in (datasets, teachers, jobs, job_data):
+    for module in (datasets, teachers, jobs, job_data, viewer):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)
-
-    @app.get("/", include_in_schema=False)
-    def index() -> RedirectResponse:
-        return RedirectResponse("/docs")
+    app.include_router(pages.router)
+    static = settings.web_dir / "static"
+    if static.is_dir():
+        app.mount("/static", StaticFiles(directory=static), name="static")
 
     _add_error_handlers(app)
     return app

@@ -11,6 +11,7 @@ from api.db.models import JobKind, JobStatus
 
 __all__ = [
     "ArtifactRead",
+    "Comparison",
     "DatasetRead",
     "EvalSpec",
     "JobCreate",
@@ -18,6 +19,8 @@ __all__ = [
     "JobRead",
     "LogPage",
     "MetricsSeries",
+    "PredictionPage",
+    "PreflightRequest",
     "TeacherRead",
 ]
 
@@ -149,3 +152,65 @@ class ArtifactRead(_Out):
     size_bytes: int
     sha256: str
     created_at: datetime
+
+
+# --- dashboard data (api/routes/viewer.py) ------------------------------------------------------
+
+GtBox = tuple[float, float, float, float, str]  # x1, y1, x2, y2 (absolute pixels), class name
+DetBox = tuple[float, float, float, float, float, str]  # x1, y1, x2, y2, score, class name
+
+
+class PredictionItem(BaseModel):
+    image_id: int
+    file_name: str
+    url: str = Field(description="the image, from GET /datasets/{id}/images/{file_path}")
+    width: int
+    height: int
+    gt: list[GtBox]
+    student: list[DetBox]
+    teacher: list[DetBox] = Field(description="empty when the job has no teacher")
+    misses: int = Field(
+        description="ground-truth boxes a teacher box finds (score >= 0.5, IoU >= 0.5, same "
+        "class) and no student box finds"
+    )
+
+
+class PredictionPage(BaseModel):
+    total: int
+    items: list[PredictionItem]
+
+
+class ComparisonStudent(BaseModel):
+    job_id: str
+    metrics: dict[str, Any] | None
+    params: int | None
+
+
+class ComparisonTeacher(BaseModel):
+    arch: str
+    metrics: dict[str, Any] | None
+    params: int | None
+
+
+class ComparisonBaseline(BaseModel):
+    job_id: str
+    status: JobStatus
+    metrics: dict[str, Any] | None
+    params: int | None
+
+
+class Comparison(BaseModel):
+    student: ComparisonStudent
+    teacher: ComparisonTeacher | None
+    baseline: ComparisonBaseline | None
+    ap_retained: float | None = Field(description="student AP / teacher AP (a fraction)")
+
+
+class PreflightRequest(BaseModel):
+    """Check a distillation set-up: the fields of ``POST /jobs`` with kind ``distill``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: str = Field(min_length=1, max_length=64)
+    teacher_id: str = Field(min_length=1, max_length=64)
+    config: dict[str, Any] = Field(default_factory=dict)

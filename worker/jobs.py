@@ -27,7 +27,7 @@ from bmgkd_core.errors import Cancelled, CheckpointError, ConfigError, DataError
 from bmgkd_core.train.callbacks import Callback
 from worker.progress import DbProgressCallback, Heartbeat, flatten_metrics
 
-__all__ = ["ARTIFACT_FILES", "build_config", "classify_error", "run"]
+__all__ = ["ARTIFACT_FILES", "build_config", "classify_error", "count_parameters", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,10 @@ ARTIFACT_FILES = {
     "config.json": "config.json",
     "log.jsonl": "log.jsonl",
     "predictions_val.json": "predictions_val.json",
+    "teacher_predictions_val.json": "teacher_predictions_val.json",
 }
+# State-dict entries that are buffers, not parameters (BatchNorm running statistics).
+_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 FitFn = Callable[..., Any]
 
@@ -180,6 +183,7 @@ def run(
         )
         try:
             runner = _build_runner(session, job, settings, workdir, fit)
+            weights = _weight_files(session, job, settings, workdir)
         except Exception as exc:
             code, message = classify_error(exc, distilling=distilling)
             repo.finish(
@@ -190,7 +194,58 @@ def run(
                 failure_message=message,
             )
             return f"failed:{code}"
-    return _execute(job_id, runner, workdir, settings, session_factory, worker, distilling)
+    return _execute(job_id, runner, weights, settings, session_factory, worker, distilling)
+
+
+@dataclass(frozen=True)
+class _WeightFiles:
+    """Where a job's weights are, for its parameter counts (and its run folder)."""
+
+    workdir: Path
+    student: Path  # a model.pt
+    teacher: Path | None  # a model.pt or a plain state dict
+
+
+def _weight_files(session: Session, job: Job, settings: Settings, workdir: Path) -> _WeightFiles:
+    student = workdir / "model.pt"
+    if job.kind == JobKind.eval:  # an eval job scores its source job's model
+        student = settings.runs_dir / str(job.source_job_id) / "model.pt"
+    teacher = session.get(Teacher, job.teacher_id) if job.teacher_id is not None else None
+    return _WeightFiles(
+        workdir=workdir,
+        student=student,
+        teacher=settings.data_dir / teacher.storage_path if teacher is not None else None,
+    )
+
+
+def count_parameters(state_dict: dict[str, Any]) -> int:
+    """Elements of the floating-point tensors of a state dict, BatchNorm statistics excluded."""
+    return sum(
+        int(t.numel())
+        for key, t in state_dict.items()
+        if t.is_floating_point() and not key.endswith(_BUFFER_SUFFIXES)
+    )
+
+
+def _count_params(job_id: str, files: _WeightFiles) -> dict[str, int | None] | None:
+    """``{"student": N, "teacher": M | None}``; ``None`` when the student cannot be counted.
+
+    Never raises: a count that fails is logged as a warning and left out.
+    """
+    try:
+        from bmgkd_core.train.checkpoint import load_model_file, load_state_dict_file
+
+        student = count_parameters(load_model_file(files.student).state_dict)
+    except Exception as exc:
+        log.warning("job %s: could not count the student's parameters: %s", job_id, exc)
+        return None
+    teacher: int | None = None
+    if files.teacher is not None:
+        try:
+            teacher = count_parameters(load_state_dict_file(files.teacher))
+        except Exception as exc:
+            log.warning("job %s: could not count the teacher's parameters: %s", job_id, exc)
+    return {"student": student, "teacher": teacher}
 
 
 Runner = Callable[[list[Callback]], Any]
@@ -238,7 +293,7 @@ def _build_runner(
 def _execute(
     job_id: str,
     runner: Runner,
-    workdir: Path,
+    weights: _WeightFiles,
     settings: Settings,
     session_factory: sessionmaker[Session],
     worker: str,
@@ -254,22 +309,22 @@ def _execute(
         heartbeat=heartbeat,
         interval_s=settings.progress_interval_s,
     )
+    workdir = weights.workdir
     outcome: tuple[JobStatus, str | None, str | None, dict[str, Any] | None]
     with heartbeat, _job_logging(session_factory, job_id):
         try:
             heartbeat.beat()  # a cancel that arrived between claim and start stops at step 1
             result = runner([callback])
             metrics = dict(getattr(result, "metrics", {}) or {})
-            outcome = (
-                JobStatus.succeeded,
-                None,
-                None,
-                {
-                    "metrics": metrics,
-                    "summary": flatten_metrics(metrics),
-                    "steps": getattr(result, "steps", 0),
-                },
-            )
+            doc: dict[str, Any] = {
+                "metrics": metrics,
+                "summary": flatten_metrics(metrics),
+                "steps": getattr(result, "steps", 0),
+            }
+            params = _count_params(job_id, weights)
+            if params is not None:
+                doc["params"] = params
+            outcome = (JobStatus.succeeded, None, None, doc)
         except Cancelled as exc:
             if heartbeat.lost.is_set() and not heartbeat.cancel_requested.is_set():
                 log.warning("job %s: taken over by another worker; stopping here", job_id)

@@ -32,7 +32,26 @@ def _worker_name(task: Any) -> str:
     return f"{hostname}:{task.request.id}"
 
 
+def _allow_child_processes() -> None:
+    """Let the job start DataLoader worker processes.
+
+    Celery's prefork pool runs tasks in daemonic children, and multiprocessing refuses to start
+    children from a daemonic process ("daemonic processes are not allowed to have children").
+    A job must be able to use ``data.num_workers``; the loader workers watch their parent and exit
+    when it dies, so clearing the flag leaves no orphans.
+    """
+    import multiprocessing
+
+    import billiard.process
+
+    for proc in (multiprocessing.current_process(), billiard.process.current_process()):
+        config = getattr(proc, "_config", None)
+        if isinstance(config, dict):
+            config["daemon"] = False
+
+
 def _run(task: Any, job_id: str) -> str:
+    _allow_child_processes()
     settings = get_settings()
     rt = get_runtime(settings)
     return jobs.run(

@@ -132,8 +132,9 @@ def fit(
     When distilling (``cfg.distill`` with at least one term), ``log.jsonl`` starts with a
     ``{"type": "distill_setup"}`` record (terms, levels, adapters, teacher key report), the
     teacher is evaluated once on val (cached in ``teacher_metrics.json``, so a resume does not
-    redo it), step records carry ``"diag"`` (spec §6 diagnostics), ``resume.pt`` holds the
-    adapters and ``metrics.json`` is ``{"bbox": student, "teacher": {"bbox": teacher}}``.
+    redo it; its detections go to ``teacher_predictions_val.json``), step records carry
+    ``"diag"`` (spec §6 diagnostics), ``resume.pt`` holds the adapters and ``metrics.json`` is
+    ``{"bbox": student, "teacher": {"bbox": teacher}}``.
 
     Args:
         cfg: The run configuration.

@@ -29,6 +29,8 @@ from bmgkd_core.train.callbacks import TrainState
 from bmgkd_core.train.optim import build_optimizer, build_scheduler
 
 __all__ = [
+    "PREDICTIONS_FILE",
+    "TEACHER_PREDICTIONS_FILE",
     "RunParts",
     "amp_dtype_for",
     "build_distiller",
@@ -39,6 +41,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+PREDICTIONS_FILE = "predictions_val.json"
+TEACHER_PREDICTIONS_FILE = "teacher_predictions_val.json"
 
 
 @dataclass
@@ -219,20 +224,25 @@ def build_evaluator(dataset: DetectionDataset) -> CocoEvaluator:
 
 
 def evaluate_teacher(parts: RunParts) -> dict[str, Any]:
-    """COCO-evaluate the distiller's teacher on the val split (no predictions file).
+    """COCO-evaluate the distiller's teacher on the val split.
+
+    Writes the teacher's detections to ``workdir/teacher_predictions_val.json`` (COCO results
+    format, as the student's ``predictions_val.json``).
 
     Returns:
-        ``{"bbox": {...}}``, or ``{}`` when the run has no distiller.
+        ``{"bbox": {...}}``, or ``{}`` (and no file) when the run has no distiller.
     """
     if parts.distiller is None:
         return {}
+    evaluator = parts.val_evaluator()
     bbox = evaluate_detector(
         parts.distiller.teacher,
         parts.val_loader,
-        parts.val_evaluator(),
+        evaluator,
         device=parts.device,
         amp_dtype=parts.amp_dtype,
     )
+    evaluator.write_predictions(parts.workdir / TEACHER_PREDICTIONS_FILE)
     return {"bbox": bbox}
 
 
@@ -242,5 +252,5 @@ def evaluate_parts(parts: RunParts) -> dict[str, Any]:
     bbox = evaluate_detector(
         parts.student, parts.val_loader, evaluator, device=parts.device, amp_dtype=parts.amp_dtype
     )
-    evaluator.write_predictions(parts.workdir / "predictions_val.json")
+    evaluator.write_predictions(parts.workdir / PREDICTIONS_FILE)
     return {"bbox": bbox}

@@ -58,6 +58,13 @@ def test_cli_distill_two_steps_writes_student_and_teacher_metrics(
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"AP", "AP50"} <= set(metrics["bbox"])
     assert {"AP", "AP50"} <= set(metrics["teacher"]["bbox"])
+    # The teacher's detections, in the same COCO results format as the student's.
+    teacher_preds = json.loads((run / "teacher_predictions_val.json").read_text())
+    student_preds = json.loads((run / "predictions_val.json").read_text())
+    assert isinstance(teacher_preds, list) and isinstance(student_preds, list)
+    for pred in teacher_preds[:20]:
+        assert set(pred) == {"image_id", "category_id", "bbox", "score"}
+        assert pred["category_id"] in {2, 5, 8}  # tiny_coco's (non-contiguous) category ids
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["distill"]["teacher"] == str(teacher_file)
     assert cfg["model"]["arch"] == "retinanet_mobilenet_v3_large_fpn"

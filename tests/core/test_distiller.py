@@ -387,11 +387,13 @@ def test_fit_distill_logs_setup_saves_adapters_and_resumes(
     }
     assert not any(k.startswith("teacher") for k in resume["model"])
     cached = (run / "teacher_metrics.json").stat().st_mtime_ns
+    preds = (run / "teacher_predictions_val.json").stat().st_mtime_ns
 
     result = fit(cfg, workdir=run)
 
     assert result.steps == 2
     assert (run / "teacher_metrics.json").stat().st_mtime_ns == cached
+    assert (run / "teacher_predictions_val.json").stat().st_mtime_ns == preds
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     setup = [r for r in records if r["type"] == "distill_setup"]
     assert setup[0]["adapters"][0]["adapter"] == "conv1x1 128->256"

@@ -55,19 +55,18 @@ def dataset_id(stack: Stack) -> str:
     return str(body["id"])
 
 
-def submit(stack: Stack, dataset_id: str, **train: Any) -> str:
+def submit(stack: Stack, dataset_id: str, num_workers: int = 0, **train: Any) -> str:
+    config = tiny_train_config(**train)
+    config["data"]["num_workers"] = num_workers
     with stack.client() as c:
-        r = c.post(
-            "/api/v1/jobs",
-            json={"kind": "train", "dataset_id": dataset_id, "config": tiny_train_config(**train)},
-        )
+        r = c.post("/api/v1/jobs", json={"kind": "train", "dataset_id": dataset_id, "config": config})
     assert r.status_code == 201, r.text
     return str(r.json()["id"])
 
 
 def run_flow(stack: Stack, dataset_id: str, tmp_path: Path) -> None:
     """Submit a tiny job, follow it to ``succeeded`` over SSE, download and load ``model.pt``."""
-    job_id = submit(stack, dataset_id)
+    job_id = submit(stack, dataset_id, num_workers=2)  # loader processes inside a Celery child
     with stack.client() as c:
         events = follow_events(c, job_id, timeout_s=300)
         kinds = [e for e, _ in events]

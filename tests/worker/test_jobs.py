@@ -43,6 +43,9 @@ def test_run_real_fit_tiny_job_succeeds_with_artifacts_metrics_and_logs(
     assert job.status == JobStatus.succeeded
     assert (job.attempt, job.step, job.total_steps, job.progress) == (1, 2, 2, 1.0)
     assert job.result is not None and "val.AP" in job.result["summary"]
+    # Parameter counts from the state dicts (a train job has no teacher).
+    assert job.result["params"]["student"] > 0
+    assert job.result["params"]["teacher"] is None
     with factory() as session:
         names = set(
             session.execute(select(Artifact.name).where(Artifact.job_id == job_id)).scalars()
@@ -195,3 +198,50 @@ def test_sweep_stale_job_requeued_then_failed_when_out_of_attempts(
     assert sweep_once(settings=settings, session_factory=factory, queue=queue)["lost"] == 1
     job = _job(factory, job_id)
     assert (job.status, job.failure_code) == (JobStatus.failed, "WORKER_LOST")
+
+
+def test_count_parameters_counts_float_parameters_not_batchnorm_statistics() -> None:
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    state = {**model.state_dict(), "extra.int_index": torch.arange(5)}
+    # conv 4*3*3*3 + 4, BN weight 4 + bias 4; not running_mean/var, num_batches_tracked, ints
+    assert jobs.count_parameters(state) == 108 + 4 + 4 + 4
+    assert jobs.count_parameters(state) == sum(p.numel() for p in model.parameters())
+
+
+def test_run_succeeds_without_params_when_counting_fails(
+    settings: Settings, factory: sessionmaker[Session], make_job: Callable[..., str]
+) -> None:
+    def fake_fit(cfg: Any, *, workdir: Path, callbacks: Any) -> Any:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "model.pt").write_bytes(b"not a checkpoint")
+        return type("R", (), {"metrics": {"bbox": {"AP": 1.0}}, "steps": 1})()
+
+    job_id = make_job()
+    assert _run(settings, factory, job_id, fit=fake_fit) == "succeeded"
+    job = _job(factory, job_id)
+    assert job.result is not None and "params" not in job.result
+    with factory() as session:
+        logs = list(
+            session.execute(select(JobLog.message).where(JobLog.job_id == job_id)).scalars()
+        )
+    assert any("could not count the student's parameters" in m for m in logs)
+
+
+def test_count_params_reads_model_file_and_plain_state_dict_teacher(tmp_path: Path) -> None:
+    import torch
+    from torch import nn
+
+    from bmgkd_core.train.checkpoint import save_model
+
+    student, teacher = nn.Linear(4, 2), nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8))
+    save_model(
+        tmp_path / "model.pt", student, arch="x", num_classes=2, class_names=["a"], image_size=64
+    )
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    files = jobs._WeightFiles(tmp_path, tmp_path / "model.pt", tmp_path / "teacher.pt")
+    assert jobs._count_params("j", files) == {"student": 10, "teacher": 32 + 16}
+    broken = jobs._WeightFiles(tmp_path, tmp_path / "model.pt", tmp_path / "missing.pt")
+    assert jobs._count_params("j", broken) == {"student": 10, "teacher": None}
