@@ -59,7 +59,9 @@ def submit(stack: Stack, dataset_id: str, num_workers: int = 0, **train: Any) ->
     config = tiny_train_config(**train)
     config["data"]["num_workers"] = num_workers
     with stack.client() as c:
-        r = c.post("/api/v1/jobs", json={"kind": "train", "dataset_id": dataset_id, "config": config})
+        r = c.post(
+            "/api/v1/jobs", json={"kind": "train", "dataset_id": dataset_id, "config": config}
+        )
     assert r.status_code == 201, r.text
     return str(r.json()["id"])
 
