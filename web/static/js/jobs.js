@@ -10,6 +10,9 @@ const filter = document.getElementById("status-filter");
 const summary = document.getElementById("jobs-summary");
 const empty = document.getElementById("jobs-empty");
 const errorBox = document.getElementById("jobs-error");
+const more = document.getElementById("jobs-more");
+const PAGE = 200; // the API's largest page
+let wanted = 100; // rows to show; "Show more" adds 100
 
 const rows = new Map(); // job id -> tr
 const datasets = new Map(); // dataset id -> name
@@ -181,18 +184,27 @@ async function refresh() {
   const gen = ++generation;
   const status = filter.value;
   const query = status && status !== "all" ? `&status=${encodeURIComponent(status)}` : "";
-  const r = await api(`${API}/jobs?limit=100${query}`);
-  if (gen !== generation) return;
-  if (!r.ok || !r.data || !Array.isArray(r.data.items)) {
-    showError(`Could not load the jobs: ${r.message || "unexpected answer"}`);
-    return;
+  // Newest first, `wanted` rows (100 more per click on "Show more"), in pages of PAGE.
+  let jobs = [];
+  let r = null;
+  for (let offset = 0; offset < wanted; offset += PAGE) {
+    const limit = Math.min(PAGE, wanted - offset);
+    r = await api(`${API}/jobs?limit=${limit}&offset=${offset}${query}`);
+    if (gen !== generation) return;
+    if (!r.ok || !r.data || !Array.isArray(r.data.items)) {
+      showError(`Could not load the jobs: ${r.message || "unexpected answer"}`);
+      return;
+    }
+    jobs = jobs.concat(r.data.items);
+    if (r.data.items.length < limit) break;
   }
   showError("");
-  const jobs = r.data.items;
   const unknown = jobs.some((j) => j.dataset_id && !datasets.has(j.dataset_id));
   if (unknown) await loadDatasets(datasets.size === 0);
   if (gen !== generation) return;
-  render(jobs, Number(r.data.total) || jobs.length);
+  const total = Number(r.data.total) || jobs.length;
+  render(jobs, total);
+  more.hidden = jobs.length >= total;
   refreshLatestAP(jobs); // fills the best-AP cells when it answers; never delays the table
 }
 
@@ -206,6 +218,10 @@ function schedule() {
 
 function main() {
   if (!requireSignIn()) return;
+  more.addEventListener("click", async () => {
+    wanted += 100;
+    await refresh();
+  });
   const initial = new URLSearchParams(location.search).get("status");
   if (initial && STATUSES.includes(initial)) filter.value = initial;
   filter.addEventListener("change", async () => {
