@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from api.db.models import Dataset, Job, Teacher, User
 from api.db.repo import UserRepo
 from api.queue import TaskQueue
-from api.settings import Settings, get_settings
+from api.settings import Settings
 
 __all__ = [
     "CurrentUser",
@@ -23,7 +23,14 @@ __all__ = [
     "unprocessable",
 ]
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+async def get_app_settings(request: Request) -> Settings:
+    """The settings given to ``create_app`` (else ``get_settings()``); no per-request work."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -34,7 +41,7 @@ def get_session(request: Request) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_queue(request: Request) -> TaskQueue:
+async def get_queue(request: Request) -> TaskQueue:
     queue: TaskQueue = request.app.state.queue
     return queue
 

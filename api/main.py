@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from api.db.base import make_engine, make_session_factory
 from api.db.migrate import upgrade
+from api.limits import ConcurrencyLimitMiddleware
 from api.queue import CeleryQueue, TaskQueue
 from api.routes import datasets, health, job_data, jobs, pages, teachers, viewer
 from api.settings import Settings, get_settings
@@ -56,7 +57,11 @@ def create_app(
     registry = CollectorRegistry()
     registry.register(health.JobCollector(app.state.session_factory, app.state.queue, settings))
     app.state.metrics_registry = registry
-    app.dependency_overrides[get_settings] = lambda: settings
+    # Requests that use the DB wait here (async, holding no thread and no connection) when
+    # too many are in flight: a request holds its connection across thread-pool hand-offs, so
+    # unbounded concurrency could leave every thread waiting for a connection that a request
+    # waiting for a thread holds (a 30 s stall, then pool-timeout 500s).
+    app.add_middleware(ConcurrencyLimitMiddleware, limit=settings.max_concurrent_requests)
     api = APIRouter(prefix=API_PREFIX)
     for module in (datasets, teachers, jobs, job_data, viewer):
         api.include_router(module.router)

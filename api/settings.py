@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     events_poll_s: float = Field(default=1.0, gt=0)
     page_size_max: int = Field(default=200, ge=1)
     metrics_token: str | None = None
+    # In-flight API requests that may touch the DB (the rest wait, without a thread or a DB
+    # connection). Keep it below the DB pool (10 + 20 overflow) and the thread pool (40).
+    max_concurrent_requests: int = Field(default=24, ge=1, le=1000)
 
     @field_validator("broker_url")
     @classmethod
