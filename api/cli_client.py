@@ -2,9 +2,9 @@
 
 A plugin of the ``bmgkd`` CLI (entry-point group ``bmgkd.commands``, see ``bmgkd_core.cli``):
 :func:`register` adds the sub-commands; every handler returns an exit code. All HTTP goes
-through :class:`api.client.ApiClient`, a thin wrapper over an ``httpx.Client`` that tests replace with
-FastAPI's ``TestClient`` (:func:`run_client` takes one). Imports stay light: no torch, nothing
-from the engine.
+through :class:`api.client.ApiClient`, a thin wrapper over an ``httpx.Client`` that tests
+replace with FastAPI's ``TestClient`` (:func:`run_client` takes one). Imports stay light: no
+torch, nothing from the engine.
 
 Every command takes ``--server`` (default ``$BMGKD_SERVER`` or ``http://127.0.0.1:8000``) and
 ``--api-key`` (default ``$BMGKD_API_KEY``). Ids go to stdout, one per line, so that
