@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from api.archive import ArchiveError, ArchiveLimits, content_hash, extract_archive
-from api.db.models import Dataset, Job
+from api.db.models import Dataset
 from api.deps import CurrentUser, SessionDep, SettingsDep, get_owned, unprocessable
+from api.routes._stored import delete_stored
 from api.schemas import DatasetDetail, DatasetRead
 from api.uploads import clean_name, save_upload, scrub_paths, staging_dir
 from bmgkd_core.data.validate import validate_dataset
@@ -151,20 +152,5 @@ def read_dataset(dataset_id: str, user: CurrentUser, session: SessionDep) -> Dat
 def delete_dataset(
     dataset_id: str, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ) -> Response:
-    dataset = get_owned(session, Dataset, dataset_id, user)
-    used = session.execute(
-        select(func.count()).select_from(Job).where(Job.dataset_id == dataset.id)
-    ).scalar_one()
-    if used:
-        raise HTTPException(
-            409, f"dataset {dataset_id} is used by {used} job(s); delete them first"
-        )
-    storage = dataset.storage_path
-    session.delete(dataset)
-    session.commit()
-    shared = session.execute(
-        select(func.count()).select_from(Dataset).where(Dataset.storage_path == storage)
-    ).scalar_one()
-    if not shared:
-        shutil.rmtree(settings.data_dir / storage, ignore_errors=True)
+    delete_stored(session, get_owned(session, Dataset, dataset_id, user), settings.data_dir)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -14,8 +14,9 @@ from api.db.models import Dataset, Job, JobStatus, Teacher, User
 from api.db.repo import JobRepo
 from api.deps import CurrentUser, QueueDep, SessionDep, SettingsDep, get_owned
 from api.jobspec import JobSpecError, build_job_config, device_of
-from api.queue import TASK_NAMES, queue_for_device
+from api.queue import TASK_NAMES, TaskQueue, queue_for_device
 from api.schemas import JobCreate, JobPage, JobRead
+from api.settings import Settings
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)
@@ -48,6 +49,21 @@ def create_job(
     source: Job | None = None
     if body.source_job_id is not None:
         source = _owned_ref(session, Job, body.source_job_id, user, "source_job_id")
+    return submit_job(session, settings, queue, user, body, dataset, teacher, source)
+
+
+def submit_job(
+    session: Session,
+    settings: Settings,
+    queue: TaskQueue,
+    user: User,
+    body: JobCreate,
+    dataset: Dataset,
+    teacher: Teacher | None = None,
+    source: Job | None = None,
+) -> Job:
+    """Build the config (422 naming the field), insert, commit, then enqueue (shared by
+    ``POST /jobs`` and ``POST /jobs/{id}/baseline``)."""
     try:
         config = build_job_config(body, dataset, teacher, source)
     except JobSpecError as exc:
@@ -70,7 +86,7 @@ def create_job(
     return job
 
 
-def _enqueue(queue: QueueDep, job: Job) -> None:
+def _enqueue(queue: TaskQueue, job: Job) -> None:
     try:
         queue.send(TASK_NAMES[job.kind.value], job.id, queue=job.queue)
     except Exception:

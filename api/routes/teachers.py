@@ -6,11 +6,12 @@ import json
 import os
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
-from sqlalchemy import func, select
+from fastapi import APIRouter, File, Form, Response, UploadFile, status
+from sqlalchemy import select
 
-from api.db.models import Job, Teacher
+from api.db.models import Teacher
 from api.deps import CurrentUser, SessionDep, SettingsDep, get_owned, unprocessable
+from api.routes._stored import delete_stored
 from api.schemas import TeacherRead
 from api.teacher_check import TeacherCheckError, check_teacher_file
 from api.uploads import clean_name, save_upload, staging_dir
@@ -112,20 +113,5 @@ def read_teacher(teacher_id: str, user: CurrentUser, session: SessionDep) -> Tea
 def delete_teacher(
     teacher_id: str, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ) -> Response:
-    teacher = get_owned(session, Teacher, teacher_id, user)
-    used = session.execute(
-        select(func.count()).select_from(Job).where(Job.teacher_id == teacher.id)
-    ).scalar_one()
-    if used:
-        raise HTTPException(
-            409, f"teacher {teacher_id} is used by {used} job(s); delete them first"
-        )
-    storage = teacher.storage_path
-    session.delete(teacher)
-    session.commit()
-    shared = session.execute(
-        select(func.count()).select_from(Teacher).where(Teacher.storage_path == storage)
-    ).scalar_one()
-    if not shared:
-        (settings.data_dir / storage).unlink(missing_ok=True)
+    delete_stored(session, get_owned(session, Teacher, teacher_id, user), settings.data_dir)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from api.db.models import Artifact, Dataset, Job, JobKind, JobStatus, Teacher
 from api.deps import CurrentUser, QueueDep, SessionDep, SettingsDep, get_owned, unprocessable
-from api.jobspec import JobSpecError, build_job_config, device_of
+from api.jobspec import JobSpecError, build_job_config
 from api.predictions import (
     IMAGE_DIRS,
     LruCache,
@@ -29,8 +29,7 @@ from api.predictions import (
     load_split,
     read_results,
 )
-from api.queue import queue_for_device
-from api.routes.jobs import _enqueue, _owned_ref
+from api.routes.jobs import _owned_ref, submit_job
 from api.schemas import Comparison, JobCreate, JobRead, PredictionPage, PreflightRequest
 from api.settings import Settings
 from api.uploads import scrub_paths
@@ -282,24 +281,7 @@ def start_baseline(
     config["data"] = {k: v for k, v in (config.get("data") or {}).items() if k != "root"}
     name = f"baseline of {job.name or job.id}"[:200]
     body = JobCreate(kind=JobKind.train, name=name, dataset_id=dataset.id, config=config)
-    try:
-        new_config = build_job_config(body, dataset, None, None)
-    except JobSpecError as exc:
-        raise HTTPException(
-            422, {"field": exc.field, "message": str(exc), "errors": exc.errors}
-        ) from exc
-    baseline = Job(
-        user_id=user.id,
-        kind=JobKind.train,
-        name=name,
-        dataset_id=dataset.id,
-        config=new_config,
-        queue=queue_for_device(settings, device_of(JobKind.train, new_config)),
-    )
-    session.add(baseline)
-    session.commit()
-    _enqueue(queue, baseline)
-    return baseline
+    return submit_job(session, settings, queue, user, body, dataset)
 
 
 # --- preflight ---------------------------------------------------------------------------------
