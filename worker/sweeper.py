@@ -3,9 +3,10 @@
 Runs as its own small process (``python -m worker.sweeper``), so it keeps working while every
 worker is busy with a long job. Each pass:
 
-- a ``running`` job whose heartbeat is older than ``heartbeat_stale_s``: re-sent (the next worker
-  claims it with ``attempt + 1`` and resumes from ``resume.pt``), or marked ``failed`` with
-  ``WORKER_LOST`` once ``max_attempts`` attempts were used;
+- a ``running`` job whose heartbeat is older than ``heartbeat_stale_s``: back to ``queued`` and
+  re-sent (the next worker claims it with ``attempt + 1`` and resumes from ``resume.pt``); or
+  ``failed`` with ``WORKER_LOST`` once ``max_attempts`` attempts were used; or ``cancelled`` when
+  a cancel was requested (a claim never takes a job with a pending cancel);
 - a ``queued`` job no worker took for ``queued_resend_s``: re-sent (a duplicate message is a
   no-op, the claim is conditional).
 """
@@ -40,11 +41,13 @@ def _send(queue: TaskQueue, job: Job) -> bool:
 def sweep_once(
     *, settings: Settings, session_factory: sessionmaker[Session], queue: TaskQueue
 ) -> dict[str, int]:
-    counts = {"requeued": 0, "lost": 0, "resent": 0}
+    counts = {"requeued": 0, "lost": 0, "resent": 0, "cancelled": 0}
     with session_factory() as session:
         repo = JobRepo(session)
         for job in repo.stale_running(stale_after_s=settings.heartbeat_stale_s):
-            if job.attempt >= settings.max_attempts:
+            if job.cancel_requested:  # no worker will claim it again: finish the cancel here
+                counts["cancelled"] += int(repo.cancel_lost(job.id))
+            elif job.attempt >= settings.max_attempts:
                 msg = (
                     f"the worker stopped sending heartbeats (attempt {job.attempt} of "
                     f"{settings.max_attempts}, last on {job.worker}); not retried again"
@@ -52,9 +55,10 @@ def sweep_once(
                 if repo.fail_lost(job.id, message=msg):
                     counts["lost"] += 1
                     log.warning("sweeper: job %s failed: %s", job.id, msg)
-            elif _send(queue, job):
+            elif repo.requeue_stale(job.id, stale_after_s=settings.heartbeat_stale_s):
                 counts["requeued"] += 1
                 log.info("sweeper: job %s had a stale heartbeat; re-queued", job.id)
+                _send(queue, job)  # if the broker is down, the queued re-send below retries
         for job in repo.queued_older_than(seconds=settings.queued_resend_s):
             if _send(queue, job):
                 repo.touch(job.id)

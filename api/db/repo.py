@@ -311,6 +311,43 @@ class JobRepo:
         self.session.commit()
         return res.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
+    def requeue_stale(self, job_id: str, *, stale_after_s: float) -> bool:
+        """``running`` with a stale heartbeat -> ``queued`` (its worker is gone); the next claim
+        counts the attempt. Queued, it is not re-sent again on every sweep."""
+        now = utcnow()
+        stale = now - timedelta(seconds=stale_after_s)
+        res = self.session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.status == JobStatus.running,
+                or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale),
+            )
+            .values(status=JobStatus.queued, worker=None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        self.session.commit()
+        return res.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+    def cancel_lost(self, job_id: str) -> bool:
+        """A stale running job whose cancel was requested: ``cancelled`` (its worker is gone, so
+        nobody else would ever finish it; ``resume.pt`` stays for a resume)."""
+        now = utcnow()
+        res = self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.running, Job.cancel_requested)
+            .values(
+                status=JobStatus.cancelled,
+                failure_code="CANCELLED",
+                failure_message="cancelled (its worker stopped before it could acknowledge)",
+                finished_at=now,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        self.session.commit()
+        return res.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
     @staticmethod
     def is_terminal(status: JobStatus) -> bool:
         return status in TERMINAL_STATUSES

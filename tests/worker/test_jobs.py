@@ -192,8 +192,15 @@ def test_sweep_stale_job_requeued_then_failed_when_out_of_attempts(
     queue = FakeQueue()
     assert sweep_once(settings=settings, session_factory=factory, queue=queue)["requeued"] == 1
     assert queue.sent == [("train.run", job_id, "cpu")]
-    with factory() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(attempt=settings.max_attempts))
+    assert _job(factory, job_id).status == JobStatus.queued  # not re-sent on every pass
+    assert sweep_once(settings=settings, session_factory=factory, queue=queue)["requeued"] == 0
+    assert len(queue.sent) == 1
+    with factory() as session:  # claimed again, and that worker died too, out of attempts
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(status=JobStatus.running, heartbeat_at=stale, attempt=settings.max_attempts)
+        )
         session.commit()
     assert sweep_once(settings=settings, session_factory=factory, queue=queue)["lost"] == 1
     job = _job(factory, job_id)
@@ -245,3 +252,28 @@ def test_count_params_reads_model_file_and_plain_state_dict_teacher(tmp_path: Pa
     assert jobs._count_params("j", files) == {"student": 10, "teacher": 32 + 16}
     broken = jobs._WeightFiles(tmp_path, tmp_path / "model.pt", tmp_path / "missing.pt")
     assert jobs._count_params("j", broken) == {"student": 10, "teacher": None}
+
+
+def test_sweep_stale_job_with_pending_cancel_becomes_cancelled(
+    settings: Settings, factory: sessionmaker[Session], make_job: Callable[..., str]
+) -> None:
+    job_id = make_job()
+    stale = utcnow() - timedelta(seconds=60)
+    with factory() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                status=JobStatus.running,
+                attempt=1,
+                worker="dead",
+                heartbeat_at=stale,
+                cancel_requested=True,
+            )
+        )
+        session.commit()
+    queue = FakeQueue()
+    assert sweep_once(settings=settings, session_factory=factory, queue=queue)["cancelled"] == 1
+    assert queue.sent == []  # not re-sent: no claim would take it
+    job = _job(factory, job_id)
+    assert (job.status, job.failure_code) == (JobStatus.cancelled, "CANCELLED")
