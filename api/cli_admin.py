@@ -36,15 +36,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _session() -> Session:
-    from api.db.base import make_engine, make_session_factory
-    from api.db.migrate import upgrade
+    from api.db.migrate import migrated_session_factory
     from api.settings import get_settings
 
     settings = get_settings()
     settings.ensure_dirs()
-    engine = make_engine(settings.database_url)
-    upgrade(engine)
-    return make_session_factory(engine)()
+    return migrated_session_factory(settings.database_url)[1]()
 
 
 def _create_user(args: argparse.Namespace) -> int:

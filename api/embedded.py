@@ -74,17 +74,15 @@ def start_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 def _first_key(data_dir: Path) -> str:
     """Create ``admin`` on the first start; return its key (kept in ``admin-api-key``)."""
-    from api.db.base import make_engine, make_session_factory
-    from api.db.migrate import upgrade
+    from api.db.migrate import migrated_session_factory
     from api.db.repo import UserRepo
     from api.settings import Settings
 
     settings = Settings()
     settings.ensure_dirs()
-    engine = make_engine(settings.database_url)
-    upgrade(engine)
+    engine, factory = migrated_session_factory(settings.database_url)
     key_file = data_dir / "admin-api-key"
-    with make_session_factory(engine)() as session:
+    with factory() as session:
         repo = UserRepo(session)
         user = repo.by_name("admin")
         if user is None:

@@ -27,10 +27,8 @@ _runtime: Runtime | None = None
 def get_runtime(settings: Settings) -> Runtime:
     global _runtime
     if _runtime is None or _runtime.pid != os.getpid():
-        engine = (
-            make_engine(settings.database_url, pool_size=2, max_overflow=2)
-            if not (settings.database_url.startswith("sqlite"))
-            else make_engine(settings.database_url)
-        )
+        # A job process needs two connections at most: the job's and the heartbeat thread's.
+        small = {} if settings.database_url.startswith("sqlite") else {"pool_size": 2}
+        engine = make_engine(settings.database_url, max_overflow=2, **small)
         _runtime = Runtime(os.getpid(), make_session_factory(engine), CeleryQueue(settings))
     return _runtime

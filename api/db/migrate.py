@@ -7,8 +7,9 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["alembic_config", "upgrade"]
+__all__ = ["alembic_config", "migrated_session_factory", "upgrade"]
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -27,3 +28,12 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
+
+
+def migrated_session_factory(url: str) -> tuple[Engine, sessionmaker[Session]]:
+    """An engine on ``url``, brought to the latest migration, and its session factory."""
+    from api.db.base import make_engine, make_session_factory
+
+    engine = make_engine(url)
+    upgrade(engine)
+    return engine, make_session_factory(engine)

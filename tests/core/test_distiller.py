@@ -30,7 +30,7 @@ from bmgkd_core.distill import Distiller, LevelPair, build_adapters, load_teache
 from bmgkd_core.errors import Cancelled, CheckpointError, ConfigError, DataError
 from bmgkd_core.models import build_detector
 from bmgkd_core.train.callbacks import Callback, TrainState
-from bmgkd_core.train.checkpoint import save_model
+from bmgkd_core.train.checkpoint import load_model_file, load_resume, save_model
 from bmgkd_core.train.loop import fit
 
 SIZE = 96
@@ -381,7 +381,7 @@ def test_fit_distill_logs_setup_saves_adapters_and_resumes(
     run = tmp_path / "run"
     with pytest.raises(Cancelled):
         fit(cfg, workdir=run, callbacks=[StopAfter(1)])
-    resume = torch.load(run / "resume.pt", weights_only=True)
+    resume = load_resume(run / "resume.pt")
     assert set(resume["adapters"]) == {
         f"{i}.proj.{p}" for i in range(4) for p in ("weight", "bias")
     }
@@ -406,5 +406,5 @@ def test_fit_distill_logs_setup_saves_adapters_and_resumes(
     metrics = json.loads((run / "metrics.json").read_text())
     assert "AP" in metrics["bbox"]
     assert "AP" in metrics["teacher"]["bbox"]
-    student = torch.load(run / "model.pt", weights_only=True)["state_dict"]
+    student = load_model_file(run / "model.pt").state_dict
     assert set(student) == set(narrow_student("retinanet_resnet18_fpn", 4).state_dict())

@@ -13,6 +13,7 @@ from torch import nn
 from bmgkd_core.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, TrainConfig
 from bmgkd_core.errors import Cancelled, ConfigError, DivergenceError
 from bmgkd_core.train.callbacks import Callback, TrainState
+from bmgkd_core.train.checkpoint import load_model_file
 from bmgkd_core.train.loop import fit
 
 
@@ -153,8 +154,8 @@ def test_fit_max_steps_caps_run_and_is_seeded(tiny_coco: Path, tmp_path: Path) -
     two = fit(_cfg(tiny_coco, max_steps=2), workdir=tmp_path / "b")
     assert one.steps == two.steps == 2
     assert _step_losses(tmp_path / "a") == _step_losses(tmp_path / "b")
-    sd_a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"]
-    sd_b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state_dict"]
+    sd_a = load_model_file(tmp_path / "a" / "model.pt").state_dict
+    sd_b = load_model_file(tmp_path / "b" / "model.pt").state_dict
     assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
 
 
