@@ -37,7 +37,7 @@ def _config(
 ) -> DistillConfig:
     return DistillConfig(
         data=DataConfig(root=args.data, image_size=args.image_size, num_workers=args.workers),
-        model=ModelConfig(arch=arch),
+        model=ModelConfig(arch=arch, box_batch_size_per_image=args.box_batch_size),
         optim=OptimConfig(
             optimizer="adamw",
             lr=args.lr,
@@ -49,6 +49,7 @@ def _config(
             epochs=epochs,
             batch_size=args.batch_size,
             device=args.device,
+            cpu_amp=args.cpu_amp,
             seed=seed,
             eval_every_epochs=0,
         ),
@@ -85,6 +86,15 @@ def main() -> None:
     p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--cpu-amp", action="store_true", help="bf16 autocast on the CPU (AMX / AVX512-BF16)"
+    )
+    p.add_argument(
+        "--box-batch-size",
+        type=int,
+        default=512,
+        help="Faster R-CNN: RoIs sampled per training image (512; 128 makes CPU runs cheaper)",
+    )
     p.add_argument("--out", default="runs/distill_gain")
     p.add_argument("--tag", default=None)
     p.add_argument(
@@ -155,7 +165,9 @@ def _report(
     header = [
         f"Teacher {args.family}_{args.teacher_backbone}_fpn: AP {teacher['AP']:.2f}, "
         f"AP50 {teacher['AP50']:.2f}. Student {args.student_backbone}, "
-        f"{args.student_epochs} epochs at {args.image_size} px, device {args.device}.",
+        f"{args.student_epochs} epochs at {args.image_size} px, device {args.device}"
+        f"{', bf16 autocast' if args.cpu_amp else ''}"
+        f"{f', {args.box_batch_size} RoIs/image' if args.family == 'fasterrcnn' else ''}.",
         "",
         "| family | preset | seeds | AP (mean ± std) | AP50 (mean ± std) |",
         "|---|---|---|---|---|",

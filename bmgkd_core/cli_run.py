@@ -27,6 +27,8 @@ _TRAIN_DEFAULTS: dict[str, Any] = {
     "workers": 2,
     "eval_every": 1,
     "amp": True,
+    "cpu_amp": False,
+    "box_batch_size": 512,
     "backbone_weights": None,
     "format": "auto",
     "warmup_steps": 500,
@@ -54,6 +56,8 @@ _OPTION_FIELDS: dict[str, tuple[str, str]] = {
     "max_steps": ("train", "max_steps"),
     "eval_every": ("train", "eval_every_epochs"),
     "amp": ("train", "amp"),
+    "cpu_amp": ("train", "cpu_amp"),
+    "box_batch_size": ("model", "box_batch_size_per_image"),
 }
 
 
@@ -101,6 +105,7 @@ def _add_run_options(t: argparse.ArgumentParser) -> None:
         ("warmup-steps", int, "linear warm-up steps (500, capped at a third of the run)"),
         ("weight-decay", float, "weight decay (1e-4 SGD, 0.05 AdamW)"),
         ("backbone-weights", str, "local ImageNet state dict for the backbone"),
+        ("box-batch-size", int, "Faster R-CNN: RoIs sampled per training image (512)"),
     ):
         t.add_argument(f"--{name}", type=kind, help=help_)
     t.add_argument("--multi-scale", type=int, nargs="+", help="extra training sizes")
@@ -114,6 +119,12 @@ def _add_run_options(t: argparse.ArgumentParser) -> None:
         action="store_const",
         const=False,
         help="disable mixed precision on CUDA",
+    )
+    t.add_argument(
+        "--cpu-amp",
+        action="store_const",
+        const=True,
+        help="bf16 autocast on the CPU too (faster on CPUs with AMX / AVX512-BF16)",
     )
     t.add_argument("--no-validate", action="store_true", help="skip the dataset validator")
     t.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -53,7 +53,8 @@ class StepContext:
         kd: The distillation config (weights and hyper-parameters).
         terms: The enabled terms (``kd.enabled_terms()`` restricted to the family).
         losses: The response-KD loss modules.
-        teacher_bf16: Run the teacher under bf16 autocast (CUDA only).
+        teacher_bf16: Run the teacher under bf16 autocast on CUDA. On the CPU only when the
+            step already runs under CPU autocast (``train.cpu_amp``); fp32 otherwise.
         compute_terms: ``False`` stops after the teacher forward the terms need, before any
             term (see ``Distiller.compute_terms``).
         diag: Detached 0-dim tensors collected during the step (no host sync).
@@ -73,8 +74,11 @@ class StepContext:
 
     @contextlib.contextmanager
     def teacher_mode(self, device: torch.device) -> Iterator[None]:
-        """``no_grad``, bf16 autocast on CUDA when asked (else off), a ``bmgkd.teacher`` range."""
-        use_bf16 = self.teacher_bf16 and device.type == "cuda"
+        """``no_grad``, bf16 autocast as ``teacher_bf16`` says, a ``bmgkd.teacher`` range."""
+        if device.type == "cpu":
+            use_bf16 = self.teacher_bf16 and torch.is_autocast_enabled("cpu")
+        else:
+            use_bf16 = self.teacher_bf16 and device.type == "cuda"
         with (
             self.section("teacher"),
             torch.no_grad(),

@@ -42,6 +42,7 @@ def build_detector(
     *,
     image_size: int = 512,
     backbone_weights: str | Path | None = None,
+    box_batch_size_per_image: int = 512,
 ) -> nn.Module:
     """Build a detector with random weights (or a local ImageNet backbone).
 
@@ -51,6 +52,8 @@ def build_detector(
         image_size: Longer image side used by the model's own transform (min and max size both
             set to it, so torchvision's 800/1333 default never applies).
         backbone_weights: Optional local path of an ImageNet state dict for the backbone.
+        box_batch_size_per_image: RoIs sampled per training image by the Faster R-CNN box
+            head (a training setting: the weights do not depend on it); other families ignore it.
 
     Returns:
         A torchvision-contract detector: ``model(images, targets)`` returns a loss dict in train
@@ -63,13 +66,23 @@ def build_detector(
     family, backbone_name = split_arch(arch)
     if num_classes < 2:
         raise ConfigError(f"num_classes counts background and must be >= 2, got {num_classes}")
+    if box_batch_size_per_image < 1:
+        raise ConfigError(f"box_batch_size_per_image must be >= 1, got {box_batch_size_per_image}")
+    if family == "fasterrcnn":
+        return _build_fasterrcnn(
+            backbone_name, num_classes, image_size, backbone_weights, box_batch_size_per_image
+        )
     builder = _FAMILIES[family]
     model: nn.Module = builder(backbone_name, num_classes, image_size, backbone_weights)
     return model
 
 
 def _build_fasterrcnn(
-    backbone: str, num_classes: int, size: int, weights: str | Path | None
+    backbone: str,
+    num_classes: int,
+    size: int,
+    weights: str | Path | None,
+    box_batch_size_per_image: int = 512,
 ) -> nn.Module:
     model: nn.Module = FasterRCNN(
         build_fpn_backbone(backbone, "p2p6", weights_path=weights),
@@ -77,6 +90,7 @@ def _build_fasterrcnn(
         min_size=size,
         max_size=size,
         box_detections_per_img=_DETECTIONS_PER_IMAGE,
+        box_batch_size_per_image=box_batch_size_per_image,
     )
     return model
 

@@ -93,9 +93,17 @@ class RunParts:
             freeze_batchnorm(backbone)
 
 
-def amp_dtype_for(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 on CUDA devices that support it, fp16 on older ones, none on CPU or when disabled."""
-    if not enabled or device.type != "cuda":
+def amp_dtype_for(device: torch.device, enabled: bool, *, cpu: bool = False) -> torch.dtype | None:
+    """The autocast dtype of a run, or ``None`` for full fp32.
+
+    CUDA: bf16 where the device supports it, fp16 on older ones. CPU: bf16 only when ``cpu``
+    (``train.cpu_amp``) is set too. ``None`` whenever ``enabled`` is false.
+    """
+    if not enabled:
+        return None
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu else None
+    if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
@@ -147,6 +155,7 @@ def build_run_parts(cfg: DistillConfig, device: torch.device, workdir: Path) -> 
         num_classes,
         image_size=d.image_size,
         backbone_weights=cfg.model.backbone_weights,
+        box_batch_size_per_image=cfg.model.box_batch_size_per_image,
     ).to(device)
     distiller, teacher_report = build_distiller(cfg, model, class_names, device)
     if distiller is not None:
@@ -157,7 +166,7 @@ def build_run_parts(cfg: DistillConfig, device: torch.device, workdir: Path) -> 
     total = steps_per_epoch * cfg.train.epochs
     if cfg.train.max_steps is not None:
         total = min(total, cfg.train.max_steps)
-    amp_dtype = amp_dtype_for(device, cfg.train.amp)
+    amp_dtype = amp_dtype_for(device, cfg.train.amp, cpu=cfg.train.cpu_amp)
     state = TrainState(
         total_steps=total,
         steps_per_epoch=steps_per_epoch,

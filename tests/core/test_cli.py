@@ -258,3 +258,22 @@ def test_cli_plugin_commands_added_and_broken_plugin_skipped_with_warning(
     assert "0 error(s)" in capsys.readouterr().out
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("'broken'" in w and "fake_service" in w for w in warnings)
+
+
+def test_cli_train_cpu_amp_and_box_batch_size_reach_the_config(
+    tiny_coco: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    args = ["train", "--data", str(tiny_coco), "--model", "fasterrcnn_resnet18_fpn"]
+    code = main(
+        [*args, "--out", str(run), "--max-steps", "1", "--cpu-amp", "--box-batch-size", "64", *FAST]
+    )
+    assert code == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train"]["cpu_amp"] is True
+    assert cfg["model"]["box_batch_size_per_image"] == 64
+    plain = tmp_path / "plain"
+    assert main([*args, "--out", str(plain), "--max-steps", "1", *FAST]) == 0
+    cfg = json.loads((plain / "config.json").read_text())
+    assert cfg["train"]["cpu_amp"] is False
+    assert cfg["model"]["box_batch_size_per_image"] == 512

@@ -408,3 +408,25 @@ def test_fit_distill_logs_setup_saves_adapters_and_resumes(
     assert "AP" in metrics["teacher"]["bbox"]
     student = load_model_file(run / "model.pt").state_dict
     assert set(student) == set(narrow_student("retinanet_resnet18_fpn", 4).state_dict())
+
+
+@pytest.mark.parametrize("teacher_bf16", [True, False])
+@pytest.mark.parametrize("family", ["retinanet", "gfl", "fasterrcnn"])
+def test_distiller_step_under_cpu_bf16_autocast(
+    family: str, teacher_bf16: bool, batch: Any
+) -> None:
+    """``train.cpu_amp``: the loop's CPU autocast reaches the teacher unless teacher_bf16 is off."""
+    distiller = make_distiller(family, "resnet18", "resnet18", teacher_bf16=teacher_bf16)
+    distiller.train()
+    dtypes: list[torch.dtype] = []
+    distiller.teacher.backbone.register_forward_hook(
+        lambda _m, _i, out: dtypes.append(next(iter(out.values())).dtype)
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = distiller(*batch)
+    assert dtypes == [torch.bfloat16 if teacher_bf16 else torch.float32]
+    assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values()), losses
+    sum(losses.values()).backward()
+    grads = [p.grad for p in distiller.student.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 for g in grads)
+    assert all(p.grad is None for p in distiller.teacher.parameters())

@@ -109,3 +109,15 @@ def test_detector_invalid_target_raises() -> None:
 def test_build_detector_unknown_arch_raises_config_error_listing_choices() -> None:
     with pytest.raises(ConfigError, match="retinanet_resnet18_fpn"):
         build_detector("yolo_resnet18_fpn", num_classes=2)
+
+
+def test_box_batch_size_sets_faster_rcnn_sampler_and_keeps_state_dict_keys() -> None:
+    small = build_detector("fasterrcnn_resnet18_fpn", 3, image_size=64, box_batch_size_per_image=64)
+    stock = build_detector("fasterrcnn_resnet18_fpn", 3, image_size=64)
+    assert small.roi_heads.fg_bg_sampler.batch_size_per_image == 64
+    assert stock.roi_heads.fg_bg_sampler.batch_size_per_image == 512
+    assert small.state_dict().keys() == stock.state_dict().keys()
+    # other families accept and ignore it
+    build_detector("retinanet_resnet18_fpn", 3, image_size=64, box_batch_size_per_image=64)
+    with pytest.raises(ConfigError, match="box_batch_size_per_image"):
+        build_detector("fasterrcnn_resnet18_fpn", 3, box_batch_size_per_image=0)
