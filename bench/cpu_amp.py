@@ -1,0 +1,140 @@
+"""CPU training speed with and without bf16 autocast (`train.cpu_amp`), side by side in one run.
+
+For each model, rounds alternate (fp32, bf16, fp32, bf16, ...) through the real `bmgkd train`
+loop (`fit`) with the same seed, data, batch and image size; each round times `--steps` steps
+after `--warmup` untimed ones and the median of the rounds is reported, with the ratio
+bf16 / fp32 and the loss after the last round's steps (a crude "it still trains" check, not a
+quality measurement). bf16 pays off on CPUs with AMX or AVX512-BF16; on others PyTorch emulates
+it and the ratio can drop below 1, which is why `cpu_amp` is off by default.
+
+    python bench/cpu_amp.py --data ../shared/datasets/raccoon --image-size 192 --batch-size 4 \
+        --models retinanet_resnet18_fpn gfl_resnet50_fpn fasterrcnn_resnet18_fpn
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from train_throughput import _StepClock, images_per_s
+
+from bmgkd_core.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, TrainConfig
+from bmgkd_core.train.loop import fit
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run_loop(args: argparse.Namespace, model: str, cpu_amp: bool) -> tuple[float, float]:
+    """Images/s over the timed steps and the last step's total loss."""
+    cfg = DistillConfig(
+        data=DataConfig(root=args.data, image_size=args.image_size, num_workers=args.workers),
+        model=ModelConfig(arch=model, box_batch_size_per_image=args.box_batch_size),
+        optim=OptimConfig(optimizer="adamw", lr=1e-3, weight_decay=0.05, warmup_steps=0),
+        train=TrainConfig(
+            epochs=1000,
+            max_steps=args.steps + args.warmup + 1,
+            batch_size=args.batch_size,
+            device="cpu",
+            cpu_amp=cpu_amp,
+            eval_every_epochs=0,
+            seed=0,
+            final_eval=False,
+        ),
+    )
+    clock = _StepClock()
+    with tempfile.TemporaryDirectory() as tmp:
+        fit(cfg, workdir=tmp, callbacks=[clock])
+        last = json.loads((Path(tmp) / "log.jsonl").read_text().splitlines()[-1])
+    return images_per_s(clock.times, args.warmup, args.batch_size), float(last["losses"]["loss"])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--models", nargs="+", default=["retinanet_resnet18_fpn"])
+    p.add_argument("--image-size", type=int, default=192)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--box-batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--tag", default="cpu_amp")
+    args = p.parse_args()
+    rows = []
+    for model in args.models:
+        speed: dict[bool, list[float]] = {False: [], True: []}
+        loss: dict[bool, float] = {}
+        for r in range(args.rounds):
+            for amp in (False, True):
+                ips, loss[amp] = run_loop(args, model, amp)
+                speed[amp].append(ips)
+            print(
+                f"{model} round {r + 1}: fp32 {speed[False][-1]:.2f} img/s, "
+                f"bf16 {speed[True][-1]:.2f} img/s",
+                flush=True,
+            )
+        fp32, bf16 = statistics.median(speed[False]), statistics.median(speed[True])
+        rows.append(
+            {
+                "model": model,
+                "fp32_images_per_s": speed[False],
+                "bf16_images_per_s": speed[True],
+                "fp32_median": fp32,
+                "bf16_median": bf16,
+                "ratio": bf16 / fp32,
+                "fp32_last_loss": loss[False],
+                "bf16_last_loss": loss[True],
+            }
+        )
+    _write(args, rows)
+
+
+def _bf16_flags() -> str:
+    """The CPU's bf16 flags in /proc/cpuinfo (Linux), e.g. ``avx512_bf16 amx_bf16``."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    flags = next(
+        (ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []
+    )
+    return " ".join(f for f in flags if f in ("amx_bf16", "avx512_bf16"))
+
+
+def _write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    cpu = platform.processor() or "cpu"
+    result = {
+        "settings": vars(args),
+        "device": f"cpu ({cpu}, {torch.get_num_threads()} threads)",
+        "bf16_flags": _bf16_flags(),
+        "torch": torch.__version__,
+        "rows": rows,
+    }
+    lines = [
+        f"CPU {result['device']}, bf16 flags {result['bf16_flags'] or 'none'}, "
+        f"{args.image_size} px, batch {args.batch_size}, "
+        f"{args.rounds} rounds of {args.steps} steps, torch {torch.__version__}.",
+        "",
+        "| model | fp32 img/s | bf16 img/s | bf16 / fp32 | loss after (fp32 / bf16) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['model']} | {row['fp32_median']:.2f} | {row['bf16_median']:.2f} | "
+            f"**{row['ratio']:.2f}** | {row['fp32_last_loss']:.3f} / {row['bf16_last_loss']:.3f} |"
+        )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
