@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, RetinaNet
 
 from bmgkd_core.config import ARCHITECTURES
@@ -77,6 +78,33 @@ def build_detector(
     return model
 
 
+def fp32_outputs(module: nn.Module) -> None:
+    """Make ``module`` return float32 tensors when it runs under autocast (bf16/fp16).
+
+    torchvision's box coder decodes in the dtype of the head's output and casts the anchors or
+    proposals to it (``BoxCoder.decode_single``): in bf16 (8-bit mantissa) that rounds box
+    coordinates to 1 px between 128 and 256 and to 2 px above, for the RPN proposals, the RoI
+    targets and the final detections. Casting the head outputs back to float32 keeps the
+    heavy convolutions in low precision and every box computation in float32. A forward hook:
+    no parameters or state-dict keys change, and outside autocast it is a no-op.
+    """
+    module.register_forward_hook(_to_fp32_hook)
+
+
+def _to_fp32_hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+    return _to_fp32(output)
+
+
+def _to_fp32(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: _to_fp32(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_fp32(v) for v in value)
+    return value
+
+
 def _build_fasterrcnn(
     backbone: str,
     num_classes: int,
@@ -92,6 +120,8 @@ def _build_fasterrcnn(
         box_detections_per_img=_DETECTIONS_PER_IMAGE,
         box_batch_size_per_image=box_batch_size_per_image,
     )
+    fp32_outputs(model.get_submodule("rpn.head"))
+    fp32_outputs(model.get_submodule("roi_heads.box_predictor"))
     return model
 
 
@@ -105,6 +135,7 @@ def _build_retinanet(
         max_size=size,
         detections_per_img=_DETECTIONS_PER_IMAGE,
     )
+    fp32_outputs(model.get_submodule("head"))
     return model
 
 

@@ -121,3 +121,34 @@ def test_box_batch_size_sets_faster_rcnn_sampler_and_keeps_state_dict_keys() -> 
     build_detector("retinanet_resnet18_fpn", 3, image_size=64, box_batch_size_per_image=64)
     with pytest.raises(ConfigError, match="box_batch_size_per_image"):
         build_detector("fasterrcnn_resnet18_fpn", 3, box_batch_size_per_image=0)
+
+
+def test_box_coordinates_stay_fp32_under_bf16_autocast() -> None:
+    """bf16 head outputs would make torchvision decode boxes in bf16: whole pixels above 128."""
+    torch.manual_seed(0)
+    model = build_detector("fasterrcnn_resnet18_fpn", 3, image_size=320).eval()
+    images = [torch.rand(3, 320, 320)]
+
+    def proposals() -> torch.Tensor:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            image_list, _ = model.transform(images)
+            features = model.backbone(image_list.tensors)
+            boxes, _ = model.rpn(image_list, features)
+        return boxes[0]
+
+    kept = proposals()
+    assert kept.dtype == torch.float32
+    big = kept[kept > 130]
+    assert big.numel() > 0 and (big != big.round()).any()
+    model.rpn.head._forward_hooks.clear()  # the control: without the hook, bf16 rounding shows
+    rounded = proposals()
+    big = rounded[rounded > 130].float()
+    assert rounded.dtype == torch.bfloat16 and torch.equal(big, big.round())
+
+    retina = build_detector("retinanet_resnet18_fpn", 3, image_size=64)
+    feats = [torch.rand(1, 256, 8, 8), torch.rand(1, 256, 4, 4)]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = retina.head(feats)
+        logits, deltas = model.roi_heads.box_predictor(torch.rand(4, 1024))
+    assert {v.dtype for v in out.values()} == {torch.float32}
+    assert logits.dtype == deltas.dtype == torch.float32
