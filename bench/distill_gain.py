@@ -33,14 +33,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _config(
-    args: argparse.Namespace, arch: str, epochs: int, seed: int, kd: KDConfig | None
+    args: argparse.Namespace,
+    arch: str,
+    epochs: int,
+    seed: int,
+    kd: KDConfig | None,
+    lr: float | None = None,
 ) -> DistillConfig:
     return DistillConfig(
         data=DataConfig(root=args.data, image_size=args.image_size, num_workers=args.workers),
         model=ModelConfig(arch=arch, box_batch_size_per_image=args.box_batch_size),
         optim=OptimConfig(
             optimizer="adamw",
-            lr=args.lr,
+            lr=lr or args.lr,
             weight_decay=0.05,
             warmup_steps=args.warmup_steps,
             scheduler="cosine",
@@ -83,6 +88,18 @@ def main() -> None:
     p.add_argument("--teacher-epochs", type=int, default=12)
     p.add_argument("--student-epochs", type=int, default=6)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--teacher-lr",
+        type=float,
+        default=None,
+        help="the teacher's learning rate (default: --lr); deep backbones from scratch "
+        "may need less",
+    )
+    p.add_argument(
+        "--require-stronger-teacher",
+        action="store_true",
+        help="stop after the first `none` student if the teacher's AP is not above it",
+    )
     p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
@@ -109,7 +126,7 @@ def main() -> None:
     teacher_arch = f"{args.family}_{args.teacher_backbone}_fpn"
     student_arch = f"{args.family}_{args.student_backbone}_fpn"
     teacher_dir = root / f"teacher_{args.teacher_backbone}"
-    teacher_cfg = _config(args, teacher_arch, args.teacher_epochs, 0, None)
+    teacher_cfg = _config(args, teacher_arch, args.teacher_epochs, 0, None, args.teacher_lr)
     teacher = _run(teacher_cfg, teacher_dir, report_only=args.report_only)
     if teacher is None:
         raise SystemExit(f"no finished teacher in {teacher_dir}")
@@ -121,6 +138,14 @@ def main() -> None:
             metrics = _run(cfg, root / f"{preset}_seed{seed}", report_only=args.report_only)
             if metrics is not None:
                 results.setdefault(preset, []).append({"seed": seed, **metrics["bbox"]})
+            if preset == "none" and args.require_stronger_teacher and metrics is not None:
+                student_ap, teacher_ap = metrics["bbox"]["AP"], teacher["bbox"]["AP"]
+                if teacher_ap <= student_ap:
+                    _report(args, tag, teacher["bbox"], results)
+                    raise SystemExit(
+                        f"teacher AP {teacher_ap:.2f} is not above the student without KD "
+                        f"(none, seed {seed}: {student_ap:.2f}); stopping"
+                    )
     _report(args, tag, teacher["bbox"], results)
 
 
@@ -165,7 +190,8 @@ def _report(
     header = [
         f"Teacher {args.family}_{args.teacher_backbone}_fpn: AP {teacher['AP']:.2f}, "
         f"AP50 {teacher['AP50']:.2f}. Student {args.student_backbone}, "
-        f"{args.student_epochs} epochs at {args.image_size} px, device {args.device}"
+        f"{args.student_epochs} epochs at {args.image_size} px (teacher {args.teacher_epochs}"
+        f" epochs, lr {args.teacher_lr or args.lr}; students lr {args.lr}), device {args.device}"
         f"{', bf16 autocast' if args.cpu_amp else ''}"
         f"{f', {args.box_batch_size} RoIs/image' if args.family == 'fasterrcnn' else ''}.",
         "",
