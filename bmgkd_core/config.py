@@ -122,9 +122,9 @@ class TrainConfig(_Strict):
     """Loop settings: length, batch, device, precision, seed and evaluation cadence.
 
     ``amp`` is mixed precision on CUDA (bf16, or fp16 with a grad scaler on GPUs without bf16).
-    ``cpu_amp`` (with ``amp``) also runs the forward under bf16 autocast on the CPU: about 1.3-2x
-    faster on CPUs with AMX or AVX512-BF16 (``bench/train_throughput.py --cpu-amp``), slower on
-    CPUs that emulate bf16, so it is off by default.
+    ``cpu_amp`` (with ``amp``) also runs the forward under bf16 autocast on the CPU: faster on
+    CPUs with AMX or AVX512-BF16 (measured by ``bench/cpu_speed.py``), slower on CPUs that
+    emulate bf16, so it is off by default. Weights, optimizer state and losses stay fp32.
     """
 
     epochs: int = Field(default=12, ge=1, le=100_000)
