@@ -78,10 +78,10 @@ def compute_fasterrcnn_losses(
         t_levels, t_deltas = teacher.rpn.head(list(teacher_feats.values()))
         t_objectness = concat_box_prediction_layers(t_levels, t_deltas)[0].float()
         t_heads = teacher.roi_heads
-        # The student's RoIs come from its own (maybe autocast) forward; an fp32 teacher under an
-        # outer autocast (teacher_bf16 off) needs them in its dtype: roi_align refuses a mix.
-        dtype = next(iter(teacher_feats.values())).dtype
-        rois = [p.to(dtype) for p in roi.proposals]
+        # RoIs in float32 whatever the student's precision: an fp32 teacher under an outer
+        # autocast (teacher_bf16 off) gets no dtype mix in roi_align, and a bf16 teacher's
+        # roi_align (autocast casts to fp32) never sees coordinates rounded to bf16.
+        rois = [p.float() for p in roi.proposals]
         pooled = t_heads.box_roi_pool(teacher_feats, rois, image_list.image_sizes)
         t_logits, t_regression = t_heads.box_predictor(t_heads.box_head(pooled))
     if t_objectness.shape != rpn.objectness.shape or t_logits.shape != roi.class_logits.shape:
