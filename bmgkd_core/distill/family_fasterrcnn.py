@@ -170,7 +170,7 @@ def _rpn_kd(
             num_sampled = _num_sampled_anchors(model, rpn.labels)
             cls_rpn = losses.cls(rpn.objectness, t_objectness, valid=valid, num_pos=num_sampled)
         ctx.diag["cls_rpn"] = cls_rpn.detach()
-        out["distill.cls_rpn"] = kd.cls_weight * cls_rpn
+        out["distill.cls_rpn"] = kd.cls_rpn_weight * cls_rpn
     if "logit_kd" in ctx.terms:
         with ctx.section("logit_kd"):
             logit_rpn = losses.logit_kd(rpn.objectness, t_objectness, valid=valid)

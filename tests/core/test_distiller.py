@@ -156,6 +156,23 @@ def test_distiller_preset_runs_exactly_its_terms(family: str, preset: str, batch
     sum(losses.values()).backward()
 
 
+@pytest.mark.parametrize("rpn_weight", [0.0, 0.5])
+def test_fasterrcnn_cls_term_weighs_rpn_and_roi_parts_apart(rpn_weight: float, batch: Any) -> None:
+    distiller = make_distiller(
+        "fasterrcnn",
+        "resnet18",
+        "resnet18",
+        preset="rdd",
+        cls_weight=2.0,
+        cls_rpn_weight=rpn_weight,
+    ).train()
+    losses = distiller(*batch)
+    diag = distiller.last_diagnostics()
+    assert diag["cls_rpn"] > 0 and diag["cls_roi"] > 0
+    expected = rpn_weight * diag["cls_rpn"] + 2.0 * diag["cls_roi"]
+    assert losses["distill.cls"].item() == pytest.approx(expected, rel=1e-5)
+
+
 TEACHER_HEADS = {
     "retinanet": ("head",),
     "gfl": ("head",),
