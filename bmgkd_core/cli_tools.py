@@ -63,6 +63,9 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--workers", type=int, default=2)
     e.add_argument("--device", default="auto", choices=_DEVICES)
+    e.add_argument(
+        "--cpu-amp", action="store_true", help="bf16 autocast on the CPU (AMX / AVX512-BF16)"
+    )
     e.add_argument("--out", help="write the metrics JSON here (predictions go beside it)")
     e.set_defaults(handler=_cmd_eval)
 
@@ -112,6 +115,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         num_workers=args.workers,
+        cpu_amp=args.cpu_amp,
         predictions_path=preds,
     )
     print(format_metrics(metrics["bbox"]))

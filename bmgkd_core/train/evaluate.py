@@ -26,9 +26,13 @@ def evaluate(
     batch_size: int = 4,
     num_workers: int = 2,
     amp: bool = True,
+    cpu_amp: bool = False,
     predictions_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` (a ``model.pt``) on ``data``/``split``.
+
+    ``amp`` enables CUDA autocast; ``cpu_amp`` adds bf16 autocast on the CPU (as
+    ``train.cpu_amp``: the box decoding stays fp32).
 
     Returns:
         ``{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class"}}`` in percent.
@@ -61,7 +65,7 @@ def evaluate(
     )
     evaluator = build_evaluator(dataset)
     bbox = evaluate_detector(
-        model.to(dev), loader, evaluator, device=dev, amp_dtype=amp_dtype_for(dev, amp)
+        model.to(dev), loader, evaluator, device=dev, amp_dtype=amp_dtype_for(dev, amp, cpu=cpu_amp)
     )
     if predictions_path is not None:
         evaluator.write_predictions(predictions_path)

@@ -70,6 +70,31 @@ def test_cli_train_then_eval_tiny_set_exit_zero(
     assert (tmp_path / "eval_predictions.json").is_file()
 
 
+def test_cli_eval_cpu_amp_runs_the_model_under_bf16_autocast(
+    tiny_coco: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    import bmgkd_core.train.evaluate as evaluate_module
+
+    run = tmp_path / "run"
+    args = ["--model", "retinanet_resnet18_fpn", "--out", str(run), "--max-steps", "1", *FAST]
+    assert main(["train", "--data", str(tiny_coco), *args]) == 0
+    seen: list[object] = []
+    real = evaluate_module.evaluate_detector  # type: ignore[attr-defined]
+
+    def spy(*a: object, **kw: object) -> object:
+        seen.append(kw.get("amp_dtype"))
+        return real(*a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(evaluate_module, "evaluate_detector", spy)
+    base = ["eval", "--data", str(tiny_coco), "--checkpoint", str(run / "model.pt")]
+    base += ["--workers", "0", "--device", "cpu"]
+    assert main(base) == 0
+    assert main([*base, "--cpu-amp"]) == 0
+    assert seen == [None, torch.bfloat16]
+
+
 def test_cli_train_existing_run_without_resume_exits_2(
     tiny_coco: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
