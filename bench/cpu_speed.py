@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _host import bf16_flags
 from train_throughput import _StepClock, images_per_s
 
 from bmgkd_core.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, TrainConfig
@@ -111,24 +112,12 @@ def main() -> None:
     _write(args, rows)
 
 
-def _bf16_flags() -> str:
-    """The CPU's bf16 flags in /proc/cpuinfo (Linux), e.g. ``avx512_bf16 amx_bf16``."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    flags = next(
-        (ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []
-    )
-    return " ".join(f for f in flags if f in ("amx_bf16", "avx512_bf16"))
-
-
 def _write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     cpu = platform.processor() or "cpu"
     result = {
         "settings": vars(args),
         "device": f"cpu ({cpu}, {torch.get_num_threads()} threads)",
-        "bf16_flags": _bf16_flags(),
+        "bf16_flags": bf16_flags(),
         "torch": torch.__version__,
         "rows": rows,
     }

@@ -18,6 +18,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from _host import host_info, host_line
+
 from bmgkd_core.config import (
     PRESETS,
     DataConfig,
@@ -171,7 +173,13 @@ def _report(
     results: dict[str, list[dict[str, Any]]],
 ) -> None:
     rows = []
-    summary: dict[str, Any] = {"settings": vars(args), "teacher": teacher, "presets": {}}
+    host = host_info()
+    summary: dict[str, Any] = {
+        "settings": vars(args),
+        "host": host,
+        "teacher": teacher,
+        "presets": {},
+    }
     for preset, runs in results.items():
         ap, ap50 = _mean_std([r["AP"] for r in runs]), _mean_std([r["AP50"] for r in runs])
         first = Path(args.out) / tag / f"{preset}_seed{runs[0]['seed']}"
@@ -194,6 +202,7 @@ def _report(
         f" epochs, lr {args.teacher_lr or args.lr}; students lr {args.lr}), device {args.device}"
         f"{', bf16 autocast' if args.cpu_amp else ''}"
         f"{f', {args.box_batch_size} RoIs/image' if args.family == 'fasterrcnn' else ''}.",
+        host_line(host),
         "",
         "| family | preset | seeds | AP (mean ± std) | AP50 (mean ± std) |",
         "|---|---|---|---|---|",

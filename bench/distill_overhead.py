@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _host import host_info
 
 from bmgkd_core.config import (
     PRESETS,
@@ -240,6 +241,7 @@ def _summary(
             "terms_met": terms_share <= TERMS_GOAL if cuda and args.teacher_bf16 else None,
         },
         "torch": torch.__version__,
+        "host": host_info(),
     }
     if profile is not None:
         step = profile["profiled_step_ms"]
