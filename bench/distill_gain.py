@@ -4,7 +4,9 @@ For one dataset and detector family: train a teacher (`--teacher-backbone`, defa
 the plain loop, then distil into `--student-backbone` (default R18) with each preset in
 `--presets` and each seed in `--seeds`, all with the same schedule. Finished runs are skipped, so
 the command can be re-run after an interruption. Prints and writes mean ± std of AP and AP50 per
-preset to bench/results/distill_gain_<tag>.{json,md}. Never tune weights on the split reported.
+preset to bench/results/distill_gain_<tag>.{json,md}, with the host that wrote them (CPU results
+change with the host and the thread count; with `--report-only` over runs copied from elsewhere
+the recorded host is the summarising one). Never tune weights on the split reported.
 
     python bench/distill_gain.py --data ../shared/datasets/raccoon --family gfl \
         --image-size 320 --teacher-epochs 12 --student-epochs 6 --seeds 0 1 2 --device auto
