@@ -30,17 +30,18 @@ def _cpuinfo() -> dict[str, str]:
     return fields
 
 
-def bf16_flags() -> str:
+def bf16_flags(cpuinfo: dict[str, str] | None = None) -> str:
     """The CPU's bf16 flags, e.g. ``avx512_bf16 amx_bf16``; empty when none or unknown."""
-    flags = _cpuinfo().get("flags", "").split()
+    flags = (_cpuinfo() if cpuinfo is None else cpuinfo).get("flags", "").split()
     return " ".join(f for f in flags if f in BF16_FLAGS)
 
 
 def host_info() -> dict[str, Any]:
     """CPU model, bf16 flags, torch threads and versions, plus the GPU when there is one."""
+    cpuinfo = _cpuinfo()
     info: dict[str, Any] = {
-        "cpu": _cpuinfo().get("model name") or platform.processor() or platform.machine(),
-        "bf16_flags": bf16_flags(),
+        "cpu": cpuinfo.get("model name") or platform.processor() or platform.machine(),
+        "bf16_flags": bf16_flags(cpuinfo),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }

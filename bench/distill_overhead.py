@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -208,7 +207,8 @@ def _summary(
     profile: dict[str, Any] | None,
 ) -> dict[str, Any]:
     a, b, c = (statistics.median(seconds[name]) for name in SETUPS)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    host = host_info()
+    name = host.get("gpu", "cuda") if device.type == "cuda" else host["cpu"]
     cuda = device.type == "cuda"
     ratio, terms_share = b / a, (b - c) / b
     result: dict[str, Any] = {
@@ -241,7 +241,7 @@ def _summary(
             "terms_met": terms_share <= TERMS_GOAL if cuda and args.teacher_bf16 else None,
         },
         "torch": torch.__version__,
-        "host": host_info(),
+        "host": host,
     }
     if profile is not None:
         step = profile["profiled_step_ms"]
